@@ -1,0 +1,34 @@
+# The two commands: `make up` runs the system, `make test` passes the tests (each sets up .venv).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv up down test bench sanitize clean
+
+$(STAMP): pyproject.toml setup.py native/build.py $(wildcard native/*.c native/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+up: venv
+	$(PY) -m server.cluster up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m server.cluster down; fi
+
+test: venv
+	$(PY) -m pytest
+
+bench: venv
+	$(PY) -m native.bench
+	$(PY) -m server.cluster bench
+
+sanitize: venv
+	bash native/sanitize.sh
+
+clean: down
+	rm -rf $(VENV) build *.egg-info native/*.so .pytest_cache .hypothesis

@@ -1,0 +1,177 @@
+"""The scaling loop: observe the queue and the fleet, reap the dead, launch what the policy asks.
+
+It never terminates a worker that reports: workers leave on their own when idle. It terminates
+only workers that never reported within the boot timeout and workers whose reports stopped, and
+requeues whatever those held.
+"""
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+
+from server import policy
+from server.guard import LaunchGuard
+from server.launcher import Launcher, LaunchError, MemberState, WorkerSpec
+from server.loans import Loans
+from server.scheduler import Scheduler
+from server.workers import Registry
+
+log = logging.getLogger(__name__)
+
+BOOT_EWMA = 0.3
+
+
+@dataclasses.dataclass
+class FleetView:
+    live: int = 0
+    starting: int = 0
+    busy: int = 0
+
+
+class Autoscaler:
+    def __init__(self, *, settings, scheduler: Scheduler, registry: Registry, launcher: Launcher,
+                 guard: LaunchGuard, loans: Loans, servers: tuple[str, ...], token: str) -> None:
+        self.settings = settings
+        self.scheduler = scheduler
+        self.registry = registry
+        self.launcher = launcher
+        self.guard = guard
+        self.loans = loans
+        self.servers = servers
+        self.token = token
+        self.params = policy.PolicyParams(settings.scale_up_wait_s, settings.target_drain_s)
+        self.boot_timeout_s = settings.worker_boot_timeout_s or launcher.default_boot_timeout_s
+        self.boot_s: float | None = None  # measured launch -> first report
+        self.launching = 0  # launches in flight (counted as starting)
+        self.unbooted: dict[str, float] = {}  # launched, not yet reported: id -> launched_at
+        self.view = FleetView()
+        self.wanted = 0
+        self.stopping = False
+        self._launch_tasks: set[asyncio.Task] = set()
+        self._seq = 0
+
+    # -- the loop --------------------------------------------------------------------------
+    async def run(self) -> None:
+        while not self.stopping:
+            await self.tick()
+            await asyncio.sleep(self.settings.scale_interval_s)
+
+    async def tick(self) -> None:
+        now = time.time()
+        fleet = await self.launcher.fleet()
+        await self._reap_silent()
+        await self._track_boots(fleet, now)
+        present = {wid: m for wid, m in fleet.items() if m.state is not MemberState.GONE}
+        reporting = {w.worker_id: w for w in self.registry.seen_within(self.settings.worker_dead_s)}
+        live = [wid for wid in present if wid in reporting]
+        self.view = FleetView(
+            live=len(live),
+            starting=len([wid for wid in present if wid not in reporting]) + self.launching,
+            busy=sum(1 for wid in live if reporting[wid].busy),
+        )
+        obs = self.observe(now)
+        self.wanted = policy.workers_wanted(obs, self.params)
+        count = self.guard.allowed(policy.to_launch(obs, self.params), now)
+        if count > 0 and not self.stopping:
+            self._start_launch(count, now)
+
+    def observe(self, now: float) -> policy.Observation:
+        return policy.Observation(
+            queued=len(self.scheduler.queued),
+            backlog_cost=self.scheduler.backlog_cost,
+            oldest_wait_s=self.scheduler.oldest_wait_s(now),
+            live=self.view.live,
+            starting=self.view.starting,
+            allowed=self.loans.allowed,
+            min_workers=self.settings.min_workers,
+            worker_rate=self.registry.rate(self.settings.default_worker_rate),
+            boot_s=self.boot_s or 0.0,
+        )
+
+    # -- launching -------------------------------------------------------------------------
+    def _spec(self) -> WorkerSpec:
+        self._seq += 1
+        worker_id = f"{self.settings.server_name}-w{self._seq}-{secrets.token_hex(3)}"
+        return WorkerSpec(worker_id, self.servers, self.token, self.settings.worker_threads,
+                          self.settings.worker_idle_s)
+
+    def _start_launch(self, count: int, now: float) -> None:
+        specs = [self._spec() for _ in range(count)]
+        self.launching += count
+        self.guard.launched(count, now)
+        task = asyncio.create_task(self._launch(specs))
+        self._launch_tasks.add(task)
+        task.add_done_callback(self._launch_tasks.discard)
+
+    async def _launch(self, specs: list[WorkerSpec]) -> None:
+        try:
+            started = await self.launcher.launch(specs)
+        except LaunchError as exc:
+            self.guard.failed(exc, time.time())
+            log.warning("launching %d worker(s) failed: %s", len(specs), exc)
+            started = []
+        except Exception as exc:  # noqa: BLE001 - a launcher bug must not kill scaling silently
+            log.exception("launcher raised unexpectedly")
+            self.guard.failed(LaunchError(str(exc), retryable=True), time.time())
+            started = []
+        else:
+            self.guard.succeeded(time.time())
+            log.info("launched %d worker(s): %s", len(started), ", ".join(started))
+        finally:
+            self.launching -= len(specs)
+        launched_at = time.time()
+        for worker_id in started:
+            self.unbooted[worker_id] = launched_at
+
+    # -- boots and reaping -----------------------------------------------------------------
+    async def _track_boots(self, fleet: dict, now: float) -> None:
+        for worker_id, launched_at in list(self.unbooted.items()):
+            info = self.registry.workers.get(worker_id)
+            member = fleet.get(worker_id)
+            if info is not None:
+                del self.unbooted[worker_id]
+                self.guard.booted(now)
+                took = max(0.0, info.first_seen - launched_at)
+                self.boot_s = took if self.boot_s is None else (1 - BOOT_EWMA) * self.boot_s + BOOT_EWMA * took
+            elif member is not None and member.state is MemberState.GONE:
+                del self.unbooted[worker_id]
+                self.guard.boot_failed(now)
+                log.warning("worker %s exited before it ever reported", worker_id)
+            elif now - launched_at > self.boot_timeout_s:
+                del self.unbooted[worker_id]
+                self.guard.boot_failed(now)
+                log.warning("worker %s did not report within %.0fs of launch; terminating it",
+                            worker_id, self.boot_timeout_s)
+                await self.launcher.terminate([worker_id])
+
+    async def _reap_silent(self) -> None:
+        """Workers whose reports stopped: requeue what they held here, stop them if ours."""
+        for info in self.registry.silent_for(self.settings.worker_dead_s):
+            held = self.scheduler.held_by(info.worker_id)
+            if held:
+                log.warning("worker %s silent for %.0fs; requeueing its %d job(s)",
+                            info.worker_id, self.settings.worker_dead_s, len(held))
+                await self.scheduler.expire(worker=info.worker_id)
+            self.registry.forget(info.worker_id)
+            await self.launcher.terminate([info.worker_id])
+
+    async def stop(self) -> None:
+        """Stop launching (SIGTERM); let launches in flight finish."""
+        self.stopping = True
+        if self._launch_tasks:
+            await asyncio.gather(*self._launch_tasks, return_exceptions=True)
+
+    def status(self) -> dict:
+        return {
+            "live": self.view.live,
+            "starting": self.view.starting,
+            "busy": self.view.busy,
+            "max": self.settings.max_workers,
+            "allowed": self.loans.allowed,
+            "wanted": self.wanted,
+            "boot_s": None if self.boot_s is None else round(self.boot_s, 2),
+            "worker_rate": self.registry.rate(self.settings.default_worker_rate),
+        }

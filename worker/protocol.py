@@ -1,0 +1,43 @@
+"""The internal wire format shared by server and worker.
+
+A lease response carries raw job bodies without base64: a 4-byte big-endian length, a JSON
+header describing the jobs, then the bodies back to back in header order.
+"""
+from __future__ import annotations
+
+import json
+import struct
+
+LEASE_CONTENT_TYPE = "application/x-dynwork-lease"
+WORKER_ID_HEADER = "X-Worker-Id"
+_LENGTH = struct.Struct(">I")
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the internal wire format."""
+
+
+def pack_lease(header: dict, bodies: list[bytes]) -> list[bytes]:
+    """Chunks to write, in order (no copy of the bodies)."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return [_LENGTH.pack(len(head)), head, *bodies]
+
+
+def unpack_lease(data: bytes) -> tuple[dict, list[bytes]]:
+    """The header and each job's body (sizes from the header's jobs[i]["size"])."""
+    try:
+        (head_len,) = _LENGTH.unpack_from(data, 0)
+        header = json.loads(data[_LENGTH.size:_LENGTH.size + head_len])
+        offset = _LENGTH.size + head_len
+        bodies = []
+        for job in header["jobs"]:
+            end = offset + int(job["size"])
+            if end > len(data):
+                raise ProtocolError("lease body shorter than its header says")
+            bodies.append(data[offset:end])
+            offset = end
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise ProtocolError(f"malformed lease response: {exc}") from None
+    if offset != len(data):
+        raise ProtocolError("lease body longer than its header says")
+    return header, bodies

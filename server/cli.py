@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 from urllib.parse import quote
 
 import aiohttp
+from yarl import URL
 
 from server import loadgen
 from server.loadgen import describe_exception
@@ -66,13 +67,19 @@ class Unavailable(CliError):
 # -- servers and HTTP ----------------------------------------------------------------------------------
 
 def normalize_url(text: str) -> str:
-    url = text.strip().rstrip("/")
-    if "://" not in url:
-        url = "http://" + url
-    scheme, _, rest = url.partition("://")
-    if scheme not in ("http", "https") or not rest or "/" in rest or "?" in rest:
+    """`http://host:port` from a server URL; the scheme may be left out."""
+    raw = text.strip()
+    if "://" not in raw:
+        raw = "http://" + raw
+    try:
+        url = URL(raw)
+        ok = (url.scheme in ("http", "https") and bool(url.host) and url.path in ("", "/")
+              and not url.query_string and not url.fragment)
+    except ValueError:
+        ok = False
+    if not ok:
         raise UsageError(f"bad server URL {text!r} (want http://HOST:PORT)")
-    return url
+    return str(url.origin())
 
 
 def resolve_servers(flags: Sequence[str] | None, environ) -> tuple[str, ...]:

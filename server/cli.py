@@ -247,10 +247,15 @@ class Progress:
             self.stream.write("\r" + self.line())
             self.stream.flush()
 
-    def message(self, text: str) -> None:
-        """A line on the stream above the bar."""
+    def clear(self) -> None:
+        """Erase the bar so that a line printed next (on either stream) starts clean."""
         if self.enabled:
             self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+    def message(self, text: str) -> None:
+        """A line on the stream above the bar."""
+        self.clear()
         print(text, file=self.stream)
         self.draw()
 
@@ -311,7 +316,9 @@ async def cmd_wait(args, cluster: Cluster, out) -> int:
             elif item.get("status") not in FINISHED:
                 codes.add(EXIT_FAILED)
                 progress.message(f"dynwork: {work_id}: still {item.get('status')} after {args.timeout:g} s")
+            progress.clear()
             print(json.dumps(item, separators=(",", ":")), file=out, flush=True)
+            progress.draw()
     finally:
         tick.cancel()
         for task in tasks:

@@ -166,7 +166,8 @@ def _format_latency(summary: dict[str, float]) -> str:
 def _session(connections: int) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, ttl_dns_cache=None)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",))
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
 
 
 def _error_text(raw: bytes) -> str:

@@ -23,6 +23,7 @@ DEFAULT_SERVERS = ("http://127.0.0.1:8001", "http://127.0.0.1:8002")
 SERVERS_ENV = "DYNWORK_SERVERS"
 WAIT_CHUNK_S = 10.0  # one long-poll of `wait`; the servers allow up to long_poll_max_s (20 s by default)
 WAIT_CONCURRENCY = 32
+UNAVAILABLE_GRACE_S = 30.0  # `wait` rides out servers that cannot answer for this long
 FINISHED = ("completed", "failed")
 
 EXIT_OK = 0
@@ -265,13 +266,25 @@ class Progress:
             self.stream.flush()
 
 
-async def wait_one(cluster: Cluster, work_id: str, deadline: float | None) -> dict:
-    """The job's final status, or its latest one when the deadline passes first."""
+async def wait_one(cluster: Cluster, work_id: str, deadline: float | None,
+                   grace_s: float = UNAVAILABLE_GRACE_S) -> dict:
+    """The job's final status, or its latest one when the deadline passes first. While no server
+    can answer (a restart, say) it keeps asking for up to grace_s before giving up."""
+    down_since: float | None = None
     while True:
         wait_s = WAIT_CHUNK_S
         if deadline is not None:
             wait_s = min(wait_s, max(deadline - time.monotonic(), 0.0))
-        _, item = await cluster.call("GET", work_path(work_id, wait_s), timeout_s=wait_s + cluster.timeout_s)
+        try:
+            _, item = await cluster.call("GET", work_path(work_id, wait_s), timeout_s=wait_s + cluster.timeout_s)
+        except Unavailable:
+            now = time.monotonic()
+            down_since = now if down_since is None else down_since
+            if now - down_since >= grace_s or (deadline is not None and now >= deadline):
+                raise
+            await asyncio.sleep(min(0.1 * 2 ** min(now - down_since, 4), 1.0))
+            continue
+        down_since = None
         if item.get("status") in FINISHED or (deadline is not None and time.monotonic() >= deadline):
             return item
 
@@ -457,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("get", "show one job's status and result (from any server)")
     p.add_argument("work_id", metavar="ID")
 
-    p = add("wait", "wait until the jobs are finished and print their results as JSON lines")
+    p = add("wait", "wait until the jobs are finished and print their results as JSON lines, in the order given "
+                    f"(a progress bar on a terminal; servers that cannot answer are retried for {UNAVAILABLE_GRACE_S:g} s)")
     p.add_argument("work_ids", nargs="+", metavar="ID")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="S", help="give up after S seconds")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

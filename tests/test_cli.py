@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 
@@ -28,6 +29,20 @@ def dynwork(capsys, cluster_or_urls, *argv: str, stdin: bytes | None = None, mon
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     return code, captured.out, captured.err
+
+
+def connected(pid: int, port: int) -> bool:
+    """Whether process `pid` holds an established TCP connection to 127.0.0.1:`port` (Linux /proc)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        rows = open(f"/proc/{pid}/net/tcp").read().splitlines()[1:]
+    except OSError:
+        return False
+    for row in rows:
+        fields = row.split()
+        if int(fields[2].split(":")[1], 16) == port and fields[3] == "01" and f"socket:[{fields[9]}]" in inodes:
+            return True
+    return False
 
 
 def run_subprocess(urls, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -203,9 +218,8 @@ def test_wait_long_polls_until_the_job_is_done(cluster):
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--server", cluster.b.url, "wait", work_id],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # Until a worker turns up the waiter stays blocked.
-        wait_for(lambda: cluster.a.work(work_id).status == 200, 30, "the job to be visible")
-        assert proc.poll() is None
+        wait_for(lambda: connected(proc.pid, cluster.b.port), 30, "the waiter to connect")
+        assert proc.poll() is None  # blocked until a worker turns up
         Completer(cluster.servers, cluster.token).step(cluster.a)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -288,3 +302,25 @@ def test_bench_refused_jobs_exit_2(make_cluster, capsys):
     c = make_cluster(launcher="none", max_body_bytes=100)
     code, out, _ = dynwork(capsys, c, "bench", "--jobs", "5", "--body-bytes", "101")
     assert code == cli.EXIT_USAGE and "HTTP 413" in out
+
+
+def test_wait_rides_out_a_server_restart(cluster):
+    work_id = cluster.a.enqueue(b"survives", 1)
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--server", cluster.a.url, "wait", work_id],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: connected(proc.pid, cluster.a.port), 30, "the waiter to connect")
+        cluster.a.stop()
+        cluster.a.start()
+        Completer(cluster.servers, cluster.token).step(cluster.a)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads(out)["result"] == reference(b"survives", 1)
+
+
+def test_wait_gives_up_when_no_server_answers(capsys):
+    code, out, err = dynwork(capsys, [dead_url()], "wait", "--timeout", "0.5", "s1.1.abcdef")
+    assert code == cli.EXIT_UNAVAILABLE and out == ""
+    assert "connection refused" in err

@@ -9,6 +9,7 @@ import math
 import os
 import random
 import sys
+import textwrap
 import time
 from typing import Any, Iterable, Sequence
 from urllib.parse import quote
@@ -402,7 +403,8 @@ async def cmd_bench(args, cluster: Cluster, out) -> int:
     try:
         cfg = loadgen.BenchConfig(servers=cluster.servers, jobs=args.jobs, iterations=args.iterations,
                                   body_bytes=args.body_bytes, concurrency=args.concurrency,
-                                  timeout_s=args.timeout, verify=args.verify, warmup=args.warmup)
+                                  timeout_s=args.timeout, verify=args.verify, warmup=args.warmup,
+                                  http_timeout_s=cluster.timeout_s)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     report = await loadgen.run(cfg, latency=args.latency)
@@ -455,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], help=help_text, description=help_text, epilog=EPILOG,
+        return sub.add_parser(name, parents=[common], help=help_text, description=textwrap.fill(help_text, 100),
+                              epilog=EPILOG,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
 
     p = add("enqueue", "enqueue each FILE as one job ('-' reads stdin); prints one work id per line")
@@ -479,7 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("status", "show both servers' status")
     p.add_argument("--json", action="store_true", help="JSON instead of a table")
 
-    p = add("bench", "load generator: jobs/s end to end and latency percentiles")
+    p = add("bench", "load generator: enqueues jobs over all servers while pulling their results, then prints "
+                     "jobs/s end to end and latency percentiles. It takes every completed result from "
+                     "pullCompleted, so run it alone: other clients' results are counted as foreign and "
+                     "are then only retrievable with `get`.")
     p.add_argument("--jobs", type=positive_int(), default=10_000, metavar="N", help="jobs to run (default 10000)")
     p.add_argument("--iterations", type=positive_int(), default=1, metavar="N", help="iterations per job (default 1)")
     p.add_argument("--body-bytes", type=positive_int(0), default=64, metavar="B", help="body size (default 64)")

@@ -80,6 +80,7 @@ class BenchConfig:
     timeout_s: float = 300.0
     verify: bool = False  # check every result against hashlib (keeps the bodies in memory)
     warmup: int = 3  # latency mode: jobs run first and left out of the figures
+    http_timeout_s: float = 10.0  # connecting, and silence on a connection (plus a long-poll's length)
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -87,8 +88,8 @@ class BenchConfig:
         for name in ("jobs", "iterations", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.body_bytes < 0 or self.warmup < 0 or self.timeout_s <= 0:
-            raise ValueError("body_bytes and warmup must be >= 0, timeout_s > 0")
+        if self.body_bytes < 0 or self.warmup < 0 or self.timeout_s <= 0 or self.http_timeout_s <= 0:
+            raise ValueError("body_bytes and warmup must be >= 0, timeout_s and http_timeout_s > 0")
 
 
 @dataclasses.dataclass
@@ -163,9 +164,9 @@ def _format_latency(summary: dict[str, float]) -> str:
 
 # -- HTTP ----------------------------------------------------------------------------------------------
 
-def _session(connections: int) -> aiohttp.ClientSession:
+def _session(connections: int, http_timeout_s: float) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, ttl_dns_cache=None)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=60)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=http_timeout_s, sock_read=http_timeout_s + WAIT_CHUNK_S)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
                                  skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
 
@@ -314,7 +315,7 @@ async def run_throughput(cfg: BenchConfig) -> BenchReport:
     report = BenchReport("throughput", cfg)
     tracker = _Tracker(report, cfg.verify)
     counter = itertools.count()
-    async with _session(cfg.concurrency + 2 * len(cfg.servers)) as session:
+    async with _session(cfg.concurrency + 2 * len(cfg.servers), cfg.http_timeout_s) as session:
         enqueuer = _Enqueuer(session, cfg.servers, cfg.iterations)
         start = time.perf_counter()
         pullers = [asyncio.create_task(_pull_loop(session, s, tracker)) for s in cfg.servers]
@@ -360,7 +361,7 @@ async def _wait_finished(session: aiohttp.ClientSession, server: str, work_id: s
 
 async def run_latency(cfg: BenchConfig) -> BenchReport:
     report = BenchReport("latency", cfg)
-    async with _session(2 * len(cfg.servers)) as session:
+    async with _session(2 * len(cfg.servers), cfg.http_timeout_s) as session:
         enqueuer = _Enqueuer(session, cfg.servers, cfg.iterations)
         start = time.perf_counter()
         try:

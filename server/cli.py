@@ -130,9 +130,11 @@ class Cluster:
             return resp.status, body, raw, dict(resp.headers)
 
     async def call(self, method: str, path: str, *, first: int = 0, data: bytes | None = None,
-                   timeout_s: float | None = None) -> tuple[str, Any]:
+                   timeout_s: float | None = None, idempotent: bool = True) -> tuple[str, Any]:
         """(server, JSON body) of the first server, from `first` on, that answers 2xx.
-        4xx raises Refused (NotFound for 404); nobody answering raises Unavailable."""
+        4xx raises Refused (NotFound for 404); nobody answering raises Unavailable. A call that
+        is not idempotent moves on only when the request cannot have been applied (no connection,
+        or 503); after a timeout or a lost answer it stops instead of repeating it elsewhere."""
         failures = []
         for k in range(len(self.servers)):
             server = self.servers[(first + k) % len(self.servers)]
@@ -140,7 +142,10 @@ class Cluster:
                 status, body, raw, _ = await self.request_one(server, method, path, data=data, timeout_s=timeout_s)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 failures.append(f"{server}: {describe_exception(exc)}")
-                continue
+                if idempotent or isinstance(exc, aiohttp.ClientConnectorError):
+                    continue
+                raise Unavailable(f"{method} {path.split('?')[0]} to {server} got no answer "
+                                  f"({describe_exception(exc)}); it may or may not have been applied") from None
             if status < 300:
                 return server, body
             message = error_message(body, raw)
@@ -149,6 +154,9 @@ class Cluster:
             if status < 500:
                 raise Refused(f"{server} refused {method} {path.split('?')[0]}: HTTP {status}: {message}")
             failures.append(f"{server}: HTTP {status}: {message}")
+            if not idempotent and status != 503:
+                raise Unavailable(f"{method} {path.split('?')[0]} to {server} failed with HTTP {status}: {message}; "
+                                  "it may or may not have been applied")
         raise Unavailable("no server could answer: " + "; ".join(failures))
 
 
@@ -168,13 +176,14 @@ async def cmd_enqueue(args, cluster: Cluster, out) -> int:
     if args.files.count("-") > 1:
         raise UsageError("stdin ('-') can be given only once")
     for path in args.files:  # fail before anything is enqueued
-        if path != "-" and not os.path.isfile(path):
-            raise UsageError(f"cannot read {path}: no such file")
+        if path != "-" and (os.path.isdir(path) or not os.access(path, os.R_OK)):
+            reason = "a directory" if os.path.isdir(path) else "no such file" if not os.path.exists(path) else "not readable"
+            raise UsageError(f"cannot read {path}: {reason}")
     first = random.randrange(len(cluster.servers))
     for i, path in enumerate(args.files):
         body = read_input(path)
         _, answer = await cluster.call("PUT", f"/enqueue?iterations={args.iterations}", data=body,
-                                       first=(first + i) % len(cluster.servers))
+                                       first=(first + i) % len(cluster.servers), idempotent=False)
         print(answer["work_id"], file=out, flush=True)
     return EXIT_OK
 
@@ -205,7 +214,7 @@ def format_pulled(items: list[dict]) -> str:
 
 
 async def cmd_pull(args, cluster: Cluster, out) -> int:
-    _, items = await cluster.call("POST", f"/pullCompleted?top={args.top}")
+    _, items = await cluster.call("POST", f"/pullCompleted?top={args.top}", idempotent=False)
     if args.pretty:
         print(format_pulled(items) if items else "(no completed results waiting)", file=out)
     else:

@@ -179,8 +179,8 @@ def _error_text(raw: bytes) -> str:
 
 
 class _Enqueuer:
-    """PUT /enqueue with fail-over: a server that cannot be reached is skipped for the next one,
-    503 (queue full) is retried after Retry-After, any other refusal stops the bench."""
+    """PUT /enqueue with fail-over: a server that cannot be connected to is skipped for the next
+    one, 503 (queue full) is retried after Retry-After; a refusal or a lost answer stops the bench."""
 
     def __init__(self, session: aiohttp.ClientSession, servers: Sequence[str], iterations: int) -> None:
         self.session = session
@@ -200,12 +200,15 @@ class _Enqueuer:
                     raw = await resp.read()
                     status = resp.status
                     retry_after = resp.headers.get("Retry-After")
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except aiohttp.ClientConnectorError as exc:  # nothing was sent: safe to try the next server
                 failures.append(f"{self.servers[server]}: {describe_exception(exc)}")
                 attempt += 1
                 if attempt >= n:
                     raise BenchError("no server accepts jobs: " + "; ".join(failures)) from None
                 continue
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                # The job may have been stored: sending it again elsewhere could run it twice.
+                raise BenchError(f"{self.servers[server]} gave no answer to an enqueue: {describe_exception(exc)}") from None
             if status == 200:
                 return server, json.loads(raw)["work_id"]
             if status == 503:

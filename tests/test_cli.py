@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -324,3 +325,28 @@ def test_wait_gives_up_when_no_server_answers(capsys):
     code, out, err = dynwork(capsys, [dead_url()], "wait", "--timeout", "0.5", "s1.1.abcdef")
     assert code == cli.EXIT_UNAVAILABLE and out == ""
     assert "connection refused" in err
+
+
+@pytest.fixture
+def silent_url():
+    """A server that accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_lost_answer_is_not_repeated_elsewhere_unless_safe(cluster, capsys, tmp_path, silent_url):
+    (tmp_path / "f").write_bytes(b"x")
+    work_id = cluster.a.enqueue(b"y", 1)
+    servers = [silent_url, cluster.a.url]
+    # Reading is safe to repeat: the silent server times out and the next one answers.
+    code, out, _ = dynwork(capsys, servers, "--http-timeout", "0.5", "get", work_id)
+    assert code == 0 and json.loads(out)["work_id"] == work_id
+    # Enqueueing is not: the job may be stored on the silent server, so it is not sent again.
+    for _ in range(100):  # the round-robin start is random; we need the silent server first
+        code, out, err = dynwork(capsys, servers, "--http-timeout", "0.5", "enqueue", "-n", "1", str(tmp_path / "f"))
+        if code != 0:
+            break
+    assert code == cli.EXIT_UNAVAILABLE
+    assert "timed out" in err and "may or may not have been applied" in err

@@ -371,7 +371,7 @@ def _get(d: Any, *keys: str, default: Any = "?") -> Any:
 
 def format_status(entries: list[dict]) -> str:
     header = ("SERVER", "URL", "STATE", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "OLDEST", "JOBS/S",
-              "WORKERS", "LOANS", "PEER")
+              "WORKERS", "SERVING", "LOANS", "PEER")
     rows, notes = [], []
     for entry in entries:
         if not entry["up"]:
@@ -389,8 +389,9 @@ def format_status(entries: list[dict]) -> str:
         rows.append([_get(s, "server"), entry["url"], state, _get(s, "queued"), _get(s, "running"),
                      _get(s, "completed"), _get(s, "failed"),
                      f"{oldest:.1f}s" if isinstance(oldest, (int, float)) else oldest,
-                     f"{rate:.1f}" if isinstance(rate, (int, float)) else rate, workers, loans, peer_text])
-    text = format_table(header, rows, right=(3, 4, 5, 6, 7, 8))
+                     f"{rate:.1f}" if isinstance(rate, (int, float)) else rate, workers,
+                     _get(s, "workers_reporting"), loans, peer_text])
+    text = format_table(header, rows, right=(3, 4, 5, 6, 7, 8, 10))
     return text + "".join(f"\n{note}" for note in notes)
 
 
@@ -401,7 +402,8 @@ async def cmd_status(args, cluster: Cluster, out) -> int:
     else:
         print(format_status(entries), file=out)
         if any(e["up"] for e in entries):
-            print("WORKERS: live+starting/allowed; LOANS: +borrowed/-lent", file=out)
+            print("WORKERS: launched by the server, live+starting/allowed; SERVING: workers reporting to it; "
+                  "LOANS: +borrowed/-lent", file=out)
     down = sum(not e["up"] for e in entries)
     if down == len(entries):
         return EXIT_UNAVAILABLE

@@ -104,6 +104,7 @@ class BenchReport:
     enqueue_s: float = 0.0  # first enqueue to last acknowledgement
     enqueue_retries: int = 0  # 503 answers (queue full) that were retried
     latencies_s: list[float] = dataclasses.field(default_factory=list, repr=False)
+    enqueue_latencies_s: list[float] = dataclasses.field(default_factory=list, repr=False)  # PUT sent -> ack
     error: str | None = None  # why the bench stopped early
 
     @property
@@ -120,14 +121,16 @@ class BenchReport:
 
     def to_json(self) -> dict:
         cfg = self.config
-        latency = {k: (None if math.isnan(v) else round(v, 3)) for k, v in latency_summary(self.latencies_s).items()}
+        def summary(values: Sequence[float]) -> dict:
+            return {k: (None if math.isnan(v) else round(v, 3)) for k, v in latency_summary(values).items()}
         return {
             "mode": self.mode, "servers": list(cfg.servers), "jobs": cfg.jobs, "iterations": cfg.iterations,
             "body_bytes": cfg.body_bytes, "concurrency": cfg.concurrency if self.mode == "throughput" else 1,
             "completed": self.completed, "failed": self.failed, "wrong": self.wrong if cfg.verify else None,
             "foreign": self.foreign, "elapsed_s": round(self.elapsed_s, 4), "enqueue_s": round(self.enqueue_s, 4),
             "enqueue_retries": self.enqueue_retries, "jobs_per_s": round(self.jobs_per_s, 1),
-            "latency_ms": latency, "complete": self.complete, "ok": self.ok, "error": self.error,
+            "latency_ms": summary(self.latencies_s), "enqueue_latency_ms": summary(self.enqueue_latencies_s),
+            "complete": self.complete, "ok": self.ok, "error": self.error,
         }
 
     def format(self) -> str:
@@ -142,11 +145,13 @@ class BenchReport:
                      f"  enqueued    {self.enqueue_s:8.3f} s  ({enq_rate:,.0f} jobs/s, {self.enqueue_retries} retried)",
                      f"  end to end  {self.elapsed_s:8.3f} s  {self.jobs_per_s:,.0f} jobs/s "
                      f"({self.completed}/{cfg.jobs} results)",
-                     "  latency     ack -> pulled: " + _format_latency(lat)]
+                     "  latency     ack -> pulled: " + _format_latency(lat),
+                     "  enqueue     PUT -> ack:    " + _format_latency(latency_summary(self.enqueue_latencies_s))]
         else:
             head = (f"bench --latency: {len(self.latencies_s)} jobs one at a time (+{cfg.warmup} warm-up) x "
                     f"{cfg.iterations} iteration{plural}, {cfg.body_bytes}-byte bodies")
-            lines = [head, "  latency     enqueue -> finished: " + _format_latency(lat)]
+            lines = [head, "  latency     enqueue -> finished: " + _format_latency(lat),
+                     "  of which    PUT -> ack:          " + _format_latency(latency_summary(self.enqueue_latencies_s))]
         tail = f"  failed {self.failed}"
         if cfg.verify:
             tail += f", wrong {self.wrong}"
@@ -310,8 +315,11 @@ async def _enqueue_loop(enqueuer: _Enqueuer, counter: itertools.count, cfg: Benc
         if index >= cfg.jobs:
             return
         body = os.urandom(cfg.body_bytes)
+        sent = time.perf_counter()
         _, work_id = await enqueuer.put(index, body)
-        tracker.ack(work_id, time.perf_counter(), body if cfg.verify else None)
+        acked = time.perf_counter()
+        tracker.report.enqueue_latencies_s.append(acked - sent)
+        tracker.ack(work_id, acked, body if cfg.verify else None)
 
 
 async def run_throughput(cfg: BenchConfig) -> BenchReport:
@@ -373,6 +381,7 @@ async def run_latency(cfg: BenchConfig) -> BenchReport:
                     body = os.urandom(cfg.body_bytes)
                     t0 = time.perf_counter()
                     server, work_id = await enqueuer.put(index, body)
+                    acked = time.perf_counter()
                     item = await _wait_finished(session, cfg.servers[server], work_id)
                     t1 = time.perf_counter()
                     if index < cfg.warmup:
@@ -380,6 +389,7 @@ async def run_latency(cfg: BenchConfig) -> BenchReport:
                         continue
                     report.completed += 1
                     report.latencies_s.append(t1 - t0)
+                    report.enqueue_latencies_s.append(acked - t0)
                     if item.get("result") is None:
                         report.failed += 1
                     elif cfg.verify and item["result"] != chain(body, cfg.iterations):

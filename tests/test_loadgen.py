@@ -180,6 +180,7 @@ def test_throughput_run_over_both_servers_counts_foreign_results(cluster):
     assert (report.completed, report.failed, report.wrong, report.foreign) == (300, 0, 0, 1)
     assert report.ok and len(report.latencies_s) == 300 and all(x >= 0 for x in report.latencies_s)
     assert report.elapsed_s >= report.enqueue_s > 0
+    assert len(report.enqueue_latencies_s) == 300
     # The bench pulled everything, its own results and the stray one.
     assert cluster.a.pull(1000) == [] and cluster.b.pull(1000) == []
     assert cluster.b.work(stray).json()["status"] == "completed"
@@ -199,6 +200,7 @@ def test_latency_run_one_job_at_a_time(cluster):
         report = asyncio.run(loadgen.run(cfg, latency=True))
     assert report.error is None and report.ok
     assert report.completed == 5 and len(report.latencies_s) == 5
+    assert all(0 < e <= total for e, total in zip(report.enqueue_latencies_s, report.latencies_s))
     # Latency mode leaves the results for pullCompleted: 6 jobs including the warm-up.
     assert len(cluster.a.pull(1000)) == 6
 

@@ -130,6 +130,7 @@ class Autoscaler:
         launched_at = time.time()
         for worker_id in started:
             self.unbooted[worker_id] = launched_at
+            self.adopted.discard(worker_id)  # a reconciliation may have listed it mid-launch
 
     # -- boots and reaping -----------------------------------------------------------------
     async def _track_boots(self, fleet: dict, now: float) -> None:

@@ -263,3 +263,46 @@ def test_throttling_backs_off_and_recovers(tmp_path, ec2):
     assert "backoff" in states and status["state"] == "ok"
     assert status["last_error"] and "RequestLimitExceeded" in status["last_error"]
     assert len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 3
+
+
+# -- through a real server process ------------------------------------------------------------
+def test_server_process_launches_survives_kill_9_adopts_and_reaps(tmp_path, ec2):
+    from tests.cluster import Server, free_port, make_token_file, wait_for
+
+    port = free_port()
+    name = f"s{port}"
+    token_file = make_token_file(tmp_path)
+    common = dict(launcher="ec2", launch_template=TEMPLATE, cluster=CLUSTER, max_workers=3,
+                  reconcile_interval_s=0.3, scale_interval_s=0.2)
+
+    def ours():
+        return live([i for i in instances(ec2, {"dynwork:server": name})
+                     if tags_of(i)["dynwork:cluster"] == CLUSTER and tags_of(i)["dynwork:role"] == "worker"])
+
+    server = Server(port, tmp_path / name, token_file, worker_boot_timeout=300, **common).start()
+    try:
+        for _ in range(10):
+            server.enqueue(b"\x00\xff" * 32, 100_000_000)
+        wait_for(lambda: len(ours()) == 3, 30, "3 instances launched")
+        first = {i["InstanceId"] for i in ours()}
+        status = server.status()
+        assert status["launcher"]["kind"] == "ec2" and status["launcher"]["guard"]["state"] == "ok"
+        server.kill()  # kill -9: the instances keep running
+
+        # Restarted with a short boot timeout: it adopts the three, launches nothing, and reaps
+        # them once they have had worker_dead_s to report (moto never runs user-data).
+        server = Server(port, tmp_path / name, token_file, worker_boot_timeout=2, worker_dead_s=2, **common)
+        server.start()
+        adopted = wait_for(lambda: (s := server.status())["launcher"]["instances"] == 3 and s, 30, "adoption")
+        assert adopted["launcher"]["launched_total"] == 0
+        suspended = wait_for(lambda: (s := server.status())["launcher"]["guard"]["state"] == "suspended" and s,
+                             60, "launches suspended after the adopted instances never reported")
+        wait_for(lambda: not ours(), 30, "silent instances terminated")
+        assert suspended["launcher"]["launched_total"] == 0
+        assert "never reported" in suspended["launcher"]["guard"]["reason"]
+        final = server.status()
+        assert final["launcher"]["launched_total"] == 0 and final["queued"] == 10
+        assert {i["InstanceId"] for i in instances(ec2, {"dynwork:server": name})} == first  # no new instance
+        assert "launches suspended" in server.log_path.read_text()
+    finally:
+        server.kill()

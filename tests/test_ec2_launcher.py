@@ -1,0 +1,308 @@
+"""Ec2Launcher driven by the real Autoscaler, Scheduler and Store against a real moto server.
+
+moto never runs user-data, so no launched instance ever reports: that is exactly the "fleet that
+never boots" case. Faults that moto cannot produce (throttling) are injected with a botocore
+event hook that raises the ClientError AWS would send.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+import tomllib
+import urllib.request
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from moto.server import ThreadedMotoServer
+
+from server.autoscaler import Autoscaler
+from server.config import ServerSettings
+from server.ec2 import Ec2Launcher
+from server.guard import LaunchGuard
+from server.loans import Loans
+from server.scheduler import Scheduler
+from server.store import Store
+from server.workers import Registry
+
+TEMPLATE = "dynwork-worker-test"
+CLUSTER = "c1"
+SERVER_URL = "http://127.0.0.1:8001"
+PEER_URL = "http://127.0.0.1:8002"
+
+
+@pytest.fixture(scope="module")
+def moto_url():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def ec2(moto_url, monkeypatch):
+    """A clean moto account with a launch template; the environment points boto3 at it."""
+    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")).read()
+    for key, value in {"AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    client = boto3.client("ec2", region_name="us-east-1")
+    image = client.describe_images()["Images"][0]["ImageId"]
+    client.create_launch_template(LaunchTemplateName=TEMPLATE,
+                                  LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"})
+    client.image_id = image
+    return client
+
+
+def instances(client, tags: dict | None = None) -> list[dict]:
+    filters = [{"Name": f"tag:{k}", "Values": [v]} for k, v in (tags or {}).items()]
+    found = []
+    for res in client.describe_instances(Filters=filters)["Reservations"]:
+        found.extend(res["Instances"])
+    return found
+
+
+def live(found: list[dict]) -> list[dict]:
+    return [i for i in found if i["State"]["Name"] in ("pending", "running")]
+
+
+def tags_of(inst: dict) -> dict:
+    return {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+
+
+class Harness:
+    """One server's scaling parts, as server.node wires them, minus HTTP."""
+
+    def __init__(self, tmp_path, *, name="s8001", guard_kw=None, **overrides) -> None:
+        values = dict(launcher="ec2", launch_template=TEMPLATE, cluster=CLUSTER, name=name,
+                      state_dir=tmp_path / name, max_workers=3, worker_boot_timeout_s=300.0,
+                      scale_interval_s=0.05, reconcile_interval_s=0.2, worker_idle_s=30.0)
+        values.update(overrides)
+        self.settings = ServerSettings(**values)
+        self.guard = LaunchGuard(max_per_minute=20, rng=lambda: 0.5, **(guard_kw or {}))
+        self.tmp_path = tmp_path
+
+    async def __aenter__(self) -> Harness:
+        s = self.settings
+        self.store = Store(s.state_dir / "dynwork.sqlite3")
+        await self.store.start()
+        self.scheduler = Scheduler(self.store, lease_s=s.lease_s, max_attempts=s.max_attempts)
+        await self.scheduler.load()
+        self.launcher = Ec2Launcher(s)
+        await self.launcher.start()
+        self.autoscaler = Autoscaler(settings=s, scheduler=self.scheduler, registry=Registry(),
+                                     launcher=self.launcher, guard=self.guard, loans=Loans(s.max_workers),
+                                     servers=(SERVER_URL, PEER_URL), token="cluster-secret")
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.autoscaler.stop()
+        await self.launcher.close()
+        await self.store.close()
+
+    async def backlog(self, jobs=10, iterations=100_000_000) -> None:
+        for _ in range(jobs):
+            await self.scheduler.enqueue(b"x" * 64, iterations)
+
+    async def tick_until(self, cond, timeout_s=20.0, every=None):
+        """Run scaling decisions until cond() holds (a deadline, not a sleep, is the bound)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            await self.autoscaler.tick()
+            await self.settle()
+            if every:
+                every()
+            if cond():
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("condition not reached before the deadline")
+            await asyncio.sleep(self.settings.scale_interval_s)
+
+    async def settle(self) -> None:
+        """Wait for the launches the last decision started."""
+        if self.autoscaler._launch_tasks:
+            await asyncio.gather(*self.autoscaler._launch_tasks, return_exceptions=True)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_backlog_launches_up_to_max_with_tags_and_user_data(tmp_path, ec2):
+    async def scenario():
+        async with Harness(tmp_path) as h:
+            await h.backlog()
+            started = time.monotonic()
+            await h.autoscaler.tick()  # the first decision launches; no waiting for a timer
+            await h.settle()
+            elapsed = time.monotonic() - started
+            assert h.launcher.launched_total == 3
+            assert h.guard.status()["state"] == "ok"
+            for _ in range(5):  # more decisions with the backlog unchanged launch nothing more
+                await h.autoscaler.tick()
+                await h.settle()
+            assert h.autoscaler.view.starting == 3
+            return elapsed
+
+    elapsed = run(scenario())
+    found = live(instances(ec2, {"dynwork:cluster": CLUSTER}))
+    assert len(found) == 3, f"launched in {elapsed:.2f}s"
+    worker_ids = set()
+    for inst in found:
+        tags = tags_of(inst)
+        assert tags["dynwork:role"] == "worker" and tags["dynwork:server"] == "s8001"
+        raw = ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")
+        data = tomllib.loads(base64.b64decode(raw["UserData"]["Value"]).decode())
+        assert data["servers"] == [SERVER_URL, PEER_URL]
+        assert data["token"] == "cluster-secret"
+        assert data["worker_id"] == tags["dynwork:worker-id"]
+        assert data["idle_exit_s"] == 30.0 and data["threads"] == 0
+        worker_ids.add(data["worker_id"])
+    assert len(worker_ids) == 3
+
+
+def test_silent_fleet_is_reaped_launches_stay_bounded_and_others_untouched(tmp_path, ec2):
+    # Instances that are not ours to terminate: another cluster's worker, a server of this
+    # cluster, and a worker of this cluster started by the peer server.
+    def make(**tags):
+        spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
+        return ec2.run_instances(ImageId=ec2.image_id, MinCount=1, MaxCount=1,
+                                 TagSpecifications=spec)["Instances"][0]["InstanceId"]
+
+    others = [
+        make(**{"dynwork:cluster": "other", "dynwork:role": "worker", "dynwork:server": "s8001",
+                "dynwork:worker-id": "other-w1"}),
+        make(**{"dynwork:cluster": CLUSTER, "dynwork:role": "server", "dynwork:server": "s8001"}),
+        make(**{"dynwork:cluster": CLUSTER, "dynwork:role": "worker", "dynwork:server": "s8002",
+                "dynwork:worker-id": "s8002-w1-abc"}),
+    ]
+    most_at_once = 0
+
+    def sample():
+        nonlocal most_at_once
+        ours = [i for i in live(instances(ec2, {"dynwork:cluster": CLUSTER})) if tags_of(i)["dynwork:role"] == "worker"
+                and tags_of(i)["dynwork:server"] == "s8001"]
+        most_at_once = max(most_at_once, len(ours))
+
+    async def scenario():
+        async with Harness(tmp_path, worker_boot_timeout_s=1.0,
+                           guard_kw={"max_boot_failures": 3, "probe_interval_s": 3600.0}) as h:
+            assert h.launcher.status()["foreign_instances"] == 1
+            await h.backlog()
+            await h.tick_until(lambda: h.guard.status()["state"] == "suspended", every=sample)
+            # every silent instance gets terminated; the peer's worker is counted, never ours
+            await h.tick_until(lambda: not live([i for i in instances(ec2, {"dynwork:server": "s8001"})
+                                                 if tags_of(i).get("dynwork:role") == "worker"
+                                                 and tags_of(i)["dynwork:cluster"] == CLUSTER]),
+                               every=sample)
+            launched = h.launcher.launched_total
+            for _ in range(20):  # suspended: the backlog is still there, nothing more launches
+                await h.autoscaler.tick()
+                await h.settle()
+                sample()
+            assert h.launcher.launched_total == launched <= 3
+            assert h.autoscaler.view.foreign == 1
+            await h.launcher.terminate(["s8002-w1-abc", "other-w1"])  # refused: not ours
+            return h.guard.status()
+
+    status = run(scenario())
+    assert status["boot_failures"] >= 3 and "never reported" in status["reason"]
+    assert 0 < most_at_once <= 3
+    states = {i["InstanceId"]: i["State"]["Name"] for i in instances(ec2)}
+    assert [states[i] for i in others] == ["running"] * 3
+
+
+def test_restart_adopts_the_fleet_and_launches_no_duplicates(tmp_path, ec2):
+    async def first_life():
+        async with Harness(tmp_path) as h:
+            await h.backlog()
+            await h.tick_until(lambda: h.launcher.launched_total == 3)
+        # leaving the block closes clients only: the instances keep running, as after kill -9
+
+    async def second_life():
+        async with Harness(tmp_path) as h:  # same name, same state dir, backlog still queued
+            assert len(h.scheduler.queued) == 10
+            for _ in range(20):
+                await h.autoscaler.tick()
+                await h.settle()
+            return h.launcher.launched_total, h.autoscaler.view.starting, len(h.autoscaler.unbooted)
+
+    run(first_life())
+    launched, starting, unbooted = run(second_life())
+    assert (launched, starting, unbooted) == (0, 3, 3)  # adopted, counted, under the boot timeout
+    assert len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 3
+
+
+def test_throttling_backs_off_and_recovers(tmp_path, ec2):
+    calls = []
+
+    def throttle(**kwargs):
+        calls.append(time.monotonic())
+        if len(calls) <= 4:
+            raise ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."}},
+                              "RunInstances")
+
+    async def scenario():
+        async with Harness(tmp_path, guard_kw={"base_backoff_s": 0.3, "max_backoff_s": 2.0}) as h:
+            h.launcher.client.meta.events.register("before-call.ec2.RunInstances", throttle)
+            await h.backlog()
+            states = []
+            await h.tick_until(lambda: h.launcher.launched_total == 3,
+                               every=lambda: states.append(h.guard.status()["state"]))
+            return states, h.guard.status()
+
+    states, status = run(scenario())
+    # 3 refused at once, then single probes (one refused, one accepted), then the other two:
+    # 7 calls in all however many decisions ran while backing off
+    assert len(calls) == 7
+    assert "backoff" in states and status["state"] == "ok"
+    assert status["last_error"] and "RequestLimitExceeded" in status["last_error"]
+    assert len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 3
+
+
+# -- through a real server process ------------------------------------------------------------
+def test_server_process_launches_survives_kill_9_adopts_and_reaps(tmp_path, ec2):
+    from tests.cluster import Server, free_port, make_token_file, wait_for
+
+    port = free_port()
+    name = f"s{port}"
+    token_file = make_token_file(tmp_path)
+    common = dict(launcher="ec2", launch_template=TEMPLATE, cluster=CLUSTER, max_workers=3,
+                  reconcile_interval_s=0.3, scale_interval_s=0.2)
+
+    def ours():
+        return live([i for i in instances(ec2, {"dynwork:server": name})
+                     if tags_of(i)["dynwork:cluster"] == CLUSTER and tags_of(i)["dynwork:role"] == "worker"])
+
+    server = Server(port, tmp_path / name, token_file, worker_boot_timeout=300, **common).start()
+    try:
+        for _ in range(10):
+            server.enqueue(b"\x00\xff" * 32, 100_000_000)
+        wait_for(lambda: len(ours()) == 3, 30, "3 instances launched")
+        first = {i["InstanceId"] for i in ours()}
+        status = server.status()
+        assert status["launcher"]["kind"] == "ec2" and status["launcher"]["guard"]["state"] == "ok"
+        server.kill()  # kill -9: the instances keep running
+
+        # Restarted with a short boot timeout: it adopts the three, launches nothing, and reaps
+        # them once they have had worker_dead_s to report (moto never runs user-data).
+        server = Server(port, tmp_path / name, token_file, worker_boot_timeout=2, worker_dead_s=2, **common)
+        server.start()
+        adopted = wait_for(lambda: (s := server.status())["launcher"]["instances"] == 3 and s, 30, "adoption")
+        assert adopted["launcher"]["launched_total"] == 0
+        suspended = wait_for(lambda: (s := server.status())["launcher"]["guard"]["state"] == "suspended" and s,
+                             60, "launches suspended after the adopted instances never reported")
+        wait_for(lambda: not ours(), 30, "silent instances terminated")
+        assert suspended["launcher"]["launched_total"] == 0
+        assert "never reported" in suspended["launcher"]["guard"]["reason"]
+        final = server.status()
+        assert final["launcher"]["launched_total"] == 0 and final["queued"] == 10
+        assert {i["InstanceId"] for i in instances(ec2, {"dynwork:server": name})} == first  # no new instance
+        assert "launches suspended" in server.log_path.read_text()
+    finally:
+        server.kill()

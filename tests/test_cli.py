@@ -351,3 +351,14 @@ def test_a_lost_answer_is_not_repeated_elsewhere_unless_safe(cluster, capsys, tm
             break
     assert code == cli.EXIT_UNAVAILABLE
     assert "timed out" in err and "may or may not have been applied" in err
+
+
+def test_bench_through_real_workers(cluster):
+    """The whole path: the CLI's bench against two servers and a real worker subprocess on each."""
+    cluster.worker(own=0, threads=1)
+    cluster.worker(own=1, threads=1)
+    proc = run_subprocess([s.url for s in cluster.servers], "bench", "--jobs", "500", "--body-bytes", "1000",
+                          "--iterations", "3", "--verify", "--json")
+    assert proc.returncode == 0, proc.stderr + proc.stdout + cluster.logs()
+    report = json.loads(proc.stdout)
+    assert (report["completed"], report["failed"], report["wrong"], report["foreign"]) == (500, 0, 0, 0)

@@ -415,7 +415,8 @@ async def cmd_bench(args, cluster: Cluster, out) -> int:
         cfg = loadgen.BenchConfig(servers=cluster.servers, jobs=args.jobs, iterations=args.iterations,
                                   body_bytes=args.body_bytes, concurrency=args.concurrency,
                                   timeout_s=args.timeout, verify=args.verify, warmup=args.warmup,
-                                  http_timeout_s=cluster.timeout_s, client=args.client)
+                                  http_timeout_s=cluster.timeout_s, client=args.client,
+                                  pull_interval_s=args.pull_interval)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     report = await loadgen.run(cfg, latency=args.latency)
@@ -452,6 +453,16 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 
@@ -508,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--latency: jobs run first and not counted (default 3)")
     p.add_argument("--timeout", type=positive_float, default=300.0, metavar="S", help="give up after S s (default 300)")
     p.add_argument("--verify", action="store_true", help="check every result against hashlib")
+    p.add_argument("--pull-interval", type=non_negative_float, default=loadgen.PULL_INTERVAL_S, metavar="S",
+                   help="pause between pulls that came back short; shorter pulls more often, which costs the "
+                        f"servers a query each (default {loadgen.PULL_INTERVAL_S:g})")
     p.add_argument("--client", choices=loadgen.CLIENTS, default="raw",
                    help="HTTP client: raw (lean keep-alive HTTP/1.1, about a quarter of aiohttp's CPU per "
                         "request) or aiohttp (default raw)")

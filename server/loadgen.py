@@ -31,7 +31,7 @@ import aiohttp
 from yarl import URL
 
 PULL_TOP = 1000
-PULL_IDLE_S = 0.005  # a puller that found nothing waits this long before asking again
+PULL_INTERVAL_S = 0.02  # a puller whose last pull was not full waits this long before the next
 WAIT_CHUNK_S = 5.0  # latency mode: one long-poll lasts at most this long
 RETRY_AFTER_MAX_S = 2.0
 PERCENTILES = (50, 95, 99)
@@ -84,6 +84,9 @@ class BenchConfig:
     warmup: int = 3  # latency mode: jobs run first and left out of the figures
     http_timeout_s: float = 10.0  # connecting, and waiting for an answer (plus a long-poll's length)
     client: str = "raw"  # raw (lean HTTP/1.1 on asyncio) or aiohttp
+    # Every pull that is not full costs both servers a query (the peer fills the rest), so pullers
+    # pause between pulls that came back short; the pause adds at most this to measured latencies.
+    pull_interval_s: float = PULL_INTERVAL_S
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -91,8 +94,10 @@ class BenchConfig:
         for name in ("jobs", "iterations", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.body_bytes < 0 or self.warmup < 0 or self.timeout_s <= 0 or self.http_timeout_s <= 0:
-            raise ValueError("body_bytes and warmup must be >= 0, timeout_s and http_timeout_s > 0")
+        if self.body_bytes < 0 or self.warmup < 0 or self.pull_interval_s < 0:
+            raise ValueError("body_bytes, warmup and pull_interval_s must be >= 0")
+        if self.timeout_s <= 0 or self.http_timeout_s <= 0:
+            raise ValueError("timeout_s and http_timeout_s must be > 0")
         if self.client not in CLIENTS:
             raise ValueError(f"client must be one of {', '.join(CLIENTS)}")
 
@@ -455,7 +460,7 @@ class _Tracker:
             self.all_seen.set()
 
 
-async def _pull_loop(transport, server: int, tracker: _Tracker) -> None:
+async def _pull_loop(transport, server: int, tracker: _Tracker, interval_s: float) -> None:
     target = f"/pullCompleted?top={PULL_TOP}"
     failures = 0
     while not tracker.all_seen.is_set():
@@ -469,11 +474,11 @@ async def _pull_loop(transport, server: int, tracker: _Tracker) -> None:
             items = json.loads(raw)
             tracker.pulled(items, now)
             if len(items) < PULL_TOP:
-                await asyncio.sleep(PULL_IDLE_S)
+                await asyncio.sleep(interval_s)
         else:
             # A server that is down is skipped: its peer's pullCompleted fills from it once it is back.
             failures += 1
-            await asyncio.sleep(min(PULL_IDLE_S * 2 ** failures, 0.5))
+            await asyncio.sleep(min(max(interval_s, 0.005) * 2 ** failures, 0.5))
 
 
 async def _enqueue_loop(enqueuer: _Enqueuer, counter: itertools.count, cfg: BenchConfig, tracker: _Tracker) -> None:
@@ -496,7 +501,8 @@ async def run_throughput(cfg: BenchConfig) -> BenchReport:
     try:
         enqueuer = _Enqueuer(transport, cfg.servers, cfg.iterations)
         start = time.perf_counter()
-        pullers = [asyncio.create_task(_pull_loop(transport, i, tracker)) for i in range(len(cfg.servers))]
+        pullers = [asyncio.create_task(_pull_loop(transport, i, tracker, cfg.pull_interval_s))
+                   for i in range(len(cfg.servers))]
         enqueuers = [asyncio.create_task(_enqueue_loop(enqueuer, counter, cfg, tracker))
                      for _ in range(min(cfg.concurrency, cfg.jobs))]
         try:

@@ -113,7 +113,7 @@ def test_chain_is_the_iterated_sha512():
 
 def test_config_rejects_nonsense():
     for bad in ({"servers": ()}, {"jobs": 0}, {"iterations": 0}, {"concurrency": 0}, {"body_bytes": -1},
-                {"timeout_s": 0}, {"http_timeout_s": 0}, {"client": "curl"}):
+                {"timeout_s": 0}, {"http_timeout_s": 0}, {"client": "curl"}, {"pull_interval_s": -1}):
         with pytest.raises(ValueError):
             BenchConfig(**{"servers": ("http://x:1",), **bad})
 

@@ -177,7 +177,8 @@ async def cmd_enqueue(args, cluster: Cluster, out) -> int:
         raise UsageError("stdin ('-') can be given only once")
     for path in args.files:  # fail before anything is enqueued
         if path != "-" and (os.path.isdir(path) or not os.access(path, os.R_OK)):
-            reason = "a directory" if os.path.isdir(path) else "no such file" if not os.path.exists(path) else "not readable"
+            reason = ("a directory" if os.path.isdir(path) else
+                      "no such file" if not os.path.exists(path) else "not readable")
             raise UsageError(f"cannot read {path}: {reason}")
     first = random.randrange(len(cluster.servers))
     for i, path in enumerate(args.files):
@@ -469,7 +470,8 @@ def non_negative_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", action="append", metavar="URL", default=argparse.SUPPRESS,
-                        help=f"a server to talk to (repeatable; env {SERVERS_ENV}; default {', '.join(DEFAULT_SERVERS)})")
+                        help=f"a server to talk to (repeatable; env {SERVERS_ENV}; "
+                             f"default {', '.join(DEFAULT_SERVERS)})")
     common.add_argument("--http-timeout", type=positive_float, metavar="S", default=argparse.SUPPRESS,
                         help="timeout of one HTTP request, seconds (default 10)")
     parser = argparse.ArgumentParser(prog="dynwork", parents=[common], epilog=EPILOG,
@@ -489,14 +491,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SHA-512 iterations per job")
 
     p = add("pull", "take completed results (each is handed out once across both servers)")
-    p.add_argument("--top", type=positive_int(1, 1000), default=100, metavar="N", help="at most N results (1..1000, default 100)")
+    p.add_argument("--top", type=positive_int(1, 1000), default=100, metavar="N",
+                   help="at most N results (1..1000, default 100)")
     p.add_argument("--pretty", action="store_true", help="a table instead of JSON lines")
 
     p = add("get", "show one job's status and result (from any server)")
     p.add_argument("work_id", metavar="ID")
 
     p = add("wait", "wait until the jobs are finished and print their results as JSON lines, in the order given "
-                    f"(a progress bar on a terminal; servers that cannot answer are retried for {UNAVAILABLE_GRACE_S:g} s)")
+                    "(a progress bar on a terminal; servers that cannot answer are retried for "
+                    f"{UNAVAILABLE_GRACE_S:g} s)")
     p.add_argument("work_ids", nargs="+", metavar="ID")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="S", help="give up after S seconds")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

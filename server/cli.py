@@ -425,9 +425,9 @@ async def cmd_bench(args, cluster: Cluster, out) -> int:
         print(json.dumps(report.to_json(), indent=2), file=out)
     else:
         print(report.format(), file=out)
-    if report.error and report.completed == 0 and "no server" in report.error:
+    if report.error_kind == "unreachable":
         return EXIT_UNAVAILABLE
-    if report.error and "refused" in report.error:
+    if report.error_kind == "refused":
         return EXIT_USAGE
     return EXIT_OK if report.ok else EXIT_FAILED
 

@@ -41,7 +41,21 @@ CLIENTS = ("raw", "aiohttp")  # HTTP clients the bench can use
 
 
 class BenchError(Exception):
-    """The bench could not run: no server reachable, or a server refused its jobs."""
+    """The bench could not go on: a request got no usable answer."""
+
+    kind = "lost"
+
+
+class NoServer(BenchError):
+    """No server could be connected to."""
+
+    kind = "unreachable"
+
+
+class JobRefused(BenchError):
+    """A server refused the bench's jobs (4xx): the parameters do not suit it."""
+
+    kind = "refused"
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -118,6 +132,7 @@ class BenchReport:
     latencies_s: list[float] = dataclasses.field(default_factory=list, repr=False)
     enqueue_latencies_s: list[float] = dataclasses.field(default_factory=list, repr=False)  # PUT sent -> ack
     error: str | None = None  # why the bench stopped early
+    error_kind: str | None = None  # timeout, or a BenchError's kind: lost, unreachable, refused
 
     @property
     def complete(self) -> bool:
@@ -142,7 +157,7 @@ class BenchReport:
             "enqueue_retries": self.enqueue_retries, "jobs_per_s": round(self.jobs_per_s, 1),
             "latency_ms": _json_summary(self.latencies_s),
             "enqueue_latency_ms": _json_summary(self.enqueue_latencies_s),
-            "complete": self.complete, "ok": self.ok, "error": self.error,
+            "complete": self.complete, "ok": self.ok, "error": self.error, "error_kind": self.error_kind,
         }
 
     def format(self) -> str:
@@ -402,7 +417,7 @@ class _Enqueuer:
                 failures.append(f"{self.servers[server]}: {exc}")
                 attempt += 1
                 if attempt >= n:
-                    raise BenchError("no server accepts jobs: " + "; ".join(failures)) from None
+                    raise NoServer("no server accepts jobs: " + "; ".join(failures)) from None
                 continue
             except LOST as exc:
                 # The job may have been stored: sending it again elsewhere could run it twice.
@@ -414,7 +429,7 @@ class _Enqueuer:
                 self.retries += 1
                 await asyncio.sleep(_retry_after(headers.get("retry-after")))
                 continue
-            raise BenchError(f"{self.servers[server]} refused a job: HTTP {status}: {_error_text(raw)}")
+            raise JobRefused(f"{self.servers[server]} refused a job: HTTP {status}: {_error_text(raw)}")
 
 
 def _retry_after(header: str | None) -> float:
@@ -519,8 +534,9 @@ async def run_throughput(cfg: BenchConfig) -> BenchReport:
                 await tracker.all_seen.wait()
         except TimeoutError:
             report.error = f"timed out after {cfg.timeout_s:g} s with {report.completed}/{cfg.jobs} results"
+            report.error_kind = "timeout"
         except BenchError as exc:
-            report.error = str(exc)
+            report.error, report.error_kind = str(exc), exc.kind
         finally:
             for task in pullers + enqueuers:
                 task.cancel()
@@ -542,7 +558,9 @@ async def _wait_finished(transport, servers: Sequence[str], server: int, work_id
     while True:
         try:
             status, _, raw = await transport.request(server, "GET", target, wait_s=WAIT_CHUNK_S)
-        except (ConnectFailed, *LOST) as exc:
+        except ConnectFailed as exc:
+            raise NoServer(f"{servers[server]}: {exc}") from None
+        except LOST as exc:
             raise BenchError(f"{servers[server]}: {describe_exception(exc)}") from None
         if status != 200:
             raise BenchError(f"{servers[server]} answered GET /work/{work_id} with HTTP {status}: {_error_text(raw)}")
@@ -578,8 +596,9 @@ async def run_latency(cfg: BenchConfig) -> BenchReport:
                         report.wrong += 1
         except TimeoutError:
             report.error = f"timed out after {cfg.timeout_s:g} s with {report.completed}/{cfg.jobs} results"
+            report.error_kind = "timeout"
         except BenchError as exc:
-            report.error = str(exc)
+            report.error, report.error_kind = str(exc), exc.kind
         report.elapsed_s = max(time.perf_counter() - start, 0.0)
         report.enqueue_retries = enqueuer.retries
     finally:

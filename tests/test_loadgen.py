@@ -223,7 +223,7 @@ def test_refused_jobs_stop_the_run_with_the_server_message(make_cluster, client)
     report = asyncio.run(loadgen.run(BenchConfig(servers=urls(c), jobs=10, body_bytes=2000, timeout_s=60,
                                                  client=client)))
     assert report.completed == 0 and not report.complete
-    assert "HTTP 413" in report.error and "limit" in report.error
+    assert "HTTP 413" in report.error and "limit" in report.error and report.error_kind == "refused"
 
 
 @pytest.mark.parametrize("client", loadgen.CLIENTS)
@@ -231,6 +231,7 @@ def test_no_server_reachable_is_a_clear_error(client):
     dead = (f"http://127.0.0.1:{free_port()}",)
     report = asyncio.run(loadgen.run(BenchConfig(servers=dead, jobs=3, timeout_s=30, client=client)))
     assert report.error.startswith("no server accepts jobs") and "connection refused" in report.error
+    assert report.error_kind == "unreachable"
 
 
 @pytest.fixture
@@ -248,4 +249,5 @@ def test_an_unanswered_enqueue_stops_the_run_instead_of_being_sent_twice(cluster
                       client=client)
     report = asyncio.run(loadgen.run(cfg))
     assert report.error == f"{silent_url} gave no answer to an enqueue: timed out"
+    assert report.error_kind == "lost"
     assert not report.complete

@@ -306,3 +306,75 @@ def test_server_process_launches_survives_kill_9_adopts_and_reaps(tmp_path, ec2)
         assert "launches suspended" in server.log_path.read_text()
     finally:
         server.kill()
+
+
+def test_launched_instances_boot_through_bootstrap_work_and_scale_down(tmp_path, ec2):
+    """The test plays the hypervisor: for each instance moto starts it serves the user-data over
+    IMDSv2 and runs `python -m worker.bootstrap`, as the AMI's unit does; when the worker exits,
+    the instance terminates (instance-initiated shutdown)."""
+    import subprocess
+    import sys
+    import threading
+
+    from tests.cluster import ROOT, Server, free_port, make_token_file, reference, wait_for
+    from tests.test_bootstrap import FakeImds
+
+    port = free_port()
+    name = f"s{port}"
+    token_file = make_token_file(tmp_path)
+    server = Server(port, tmp_path / name, token_file, launcher="ec2", launch_template=TEMPLATE,
+                    cluster=CLUSTER, max_workers=2, target_drain_s=0.1, worker_idle_s=2, worker_threads=1,
+                    worker_boot_timeout=120, reconcile_interval_s=0.3, scale_interval_s=0.2)
+    booted: dict[str, tuple[subprocess.Popen, FakeImds]] = {}
+    exit_codes: dict[str, int] = {}
+
+    def hypervisor() -> None:
+        for inst in live(instances(ec2, {"dynwork:server": name})):
+            iid = inst["InstanceId"]
+            if iid in booted:
+                continue
+            raw = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
+            imds = FakeImds(base64.b64decode(raw))
+            threading.Thread(target=imds.serve_forever, daemon=True).start()
+            with open(tmp_path / f"{iid}.log", "ab") as log:
+                proc = subprocess.Popen([sys.executable, "-m", "worker.bootstrap", "--imds-endpoint", imds.url,
+                                         "--token-file", str(tmp_path / iid / "cluster.token")],
+                                        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            booted[iid] = (proc, imds)
+        for iid, (proc, imds) in booted.items():
+            if iid not in exit_codes and proc.poll() is not None:
+                exit_codes[iid] = proc.returncode
+                imds.shutdown()
+                ec2.terminate_instances(InstanceIds=[iid])  # the unit powers the instance off
+
+    def step(cond):
+        def check():
+            hypervisor()
+            return cond()
+        return check
+
+    server.start()
+    try:
+        jobs = {server.enqueue(bytes([i]) * 100, 50_000): bytes([i]) * 100 for i in range(6)}
+        done = wait_for(step(lambda: all(server.work(w).json()["status"] == "completed" for w in jobs)),
+                        120, "jobs completed by booted workers")
+        assert done
+        for work_id, body in jobs.items():
+            assert server.work(work_id).json()["result"] == reference(body, 50_000)
+        status = server.status()
+        assert status["workers"]["boot_s"] is not None  # measured: launch to first report
+        # idle workers exit on their own, their instances terminate, the fleet is empty again
+        wait_for(step(lambda: len(exit_codes) == len(booted) and not live(instances(ec2, {"dynwork:server": name}))),
+                 120, "workers idle-exited and instances terminated")
+        assert set(exit_codes.values()) == {0}
+        final = wait_for(lambda: (s := server.status())["workers"]["live"] == 0 and s["workers"]["starting"] == 0
+                         and s, 60, "fleet empty in /status")
+        assert 1 <= final["launcher"]["launched_total"] == len(booted) <= 2
+        assert final["launcher"]["guard"]["state"] == "ok"
+    finally:
+        server.kill()
+        for proc, imds in booted.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            imds.server_close()

@@ -78,7 +78,7 @@ def tags_of(inst: dict) -> dict:
 class Harness:
     """One server's scaling parts, as server.node wires them, minus HTTP."""
 
-    def __init__(self, tmp_path, *, name="s8001", guard_kw=None, **overrides) -> None:
+    def __init__(self, tmp_path, *, name="s8001", guard_kw=None, client_factory=None, **overrides) -> None:
         values = dict(launcher="ec2", launch_template=TEMPLATE, cluster=CLUSTER, name=name,
                       state_dir=tmp_path / name, max_workers=3, worker_boot_timeout_s=300.0,
                       scale_interval_s=0.05, reconcile_interval_s=0.2, worker_idle_s=30.0)
@@ -86,6 +86,7 @@ class Harness:
         self.settings = ServerSettings(**values)
         self.guard = LaunchGuard(max_per_minute=20, rng=lambda: 0.5, **(guard_kw or {}))
         self.tmp_path = tmp_path
+        self.client_factory = client_factory
 
     async def __aenter__(self) -> Harness:
         s = self.settings
@@ -93,7 +94,7 @@ class Harness:
         await self.store.start()
         self.scheduler = Scheduler(self.store, lease_s=s.lease_s, max_attempts=s.max_attempts)
         await self.scheduler.load()
-        self.launcher = Ec2Launcher(s)
+        self.launcher = Ec2Launcher(s, client_factory=self.client_factory)
         await self.launcher.start()
         self.autoscaler = Autoscaler(settings=s, scheduler=self.scheduler, registry=Registry(),
                                      launcher=self.launcher, guard=self.guard, loans=Loans(s.max_workers),
@@ -378,3 +379,37 @@ def test_launched_instances_boot_through_bootstrap_work_and_scale_down(tmp_path,
                 proc.kill()
                 proc.wait()
             imds.server_close()
+
+
+def test_no_launch_before_the_fleet_is_known(tmp_path, ec2):
+    """DescribeInstances failing at start (throttled, no permission yet): nothing is launched,
+    since a restarted server could not tell its own fleet apart; launches follow the first
+    successful reconciliation."""
+    import boto3 as boto3_
+
+    failures = {"left": 3}
+
+    def refuse(**kwargs):
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "DescribeInstances")
+
+    def factory():
+        client = boto3_.session.Session().client("ec2")
+        client.meta.events.register("before-call.ec2.DescribeInstances", refuse)
+        return client
+
+    async def scenario():
+        async with Harness(tmp_path, client_factory=factory,
+                           guard_kw={"base_backoff_s": 0.2, "max_backoff_s": 0.5}) as h:
+            assert h.launcher.reconciled_at is None and "Throttling" in h.launcher.reconcile_error
+            await h.backlog()
+            states = []
+            await h.tick_until(lambda: h.launcher.launched_total == 3, every=lambda: states.append(
+                (h.launcher.reconciled_at is not None, h.launcher.launched_total)))
+            return states
+
+    states = run(scenario())
+    assert all(known for known, launched in states if launched)  # launches only once known
+    assert states[0] == (False, 0)
+    assert len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 3

@@ -413,3 +413,23 @@ def test_no_launch_before_the_fleet_is_known(tmp_path, ec2):
     assert all(known for known, launched in states if launched)  # launches only once known
     assert states[0] == (False, 0)
     assert len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 3
+
+
+def test_a_stopped_worker_of_ours_is_terminated_and_reported_gone(tmp_path, ec2):
+    from server.launcher import MemberState
+
+    async def scenario():
+        async with Harness(tmp_path) as h:
+            await h.backlog(jobs=1)
+            await h.tick_until(lambda: h.launcher.launched_total == 1)
+            (inst,) = live(instances(ec2, {"dynwork:cluster": CLUSTER}))
+            worker_id = tags_of(inst)["dynwork:worker-id"]
+            ec2.stop_instances(InstanceIds=[inst["InstanceId"]])
+            await h.launcher.reconcile()
+            fleet = await h.launcher.fleet()
+            assert fleet[worker_id].state is MemberState.GONE
+            return inst["InstanceId"]
+
+    iid = run(scenario())
+    state = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state in ("shutting-down", "terminated")

@@ -37,7 +37,8 @@ def own_seqs(node: Node, work_ids) -> dict[int, str]:
 async def lease(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     worker = worker_id(request)
-    max_jobs = int_param(request, "max", 1, node.settings.lease_batch_max)
+    # A worker may ask for more than this server hands out at once; it gets the server's maximum.
+    max_jobs = min(int_param(request, "max", 1, 1_000_000), node.settings.lease_batch_max)
     wait_s = float_param(request, "wait", 0.0, node.settings.long_poll_max_s, 0.0)
     node.registry.touch(worker)
     handed = await node.scheduler.lease(worker, max_jobs, wait_s)

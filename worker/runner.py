@@ -68,7 +68,8 @@ class Worker:
         self.exit_code = 0
         self._work_ready = asyncio.Event()
         self._room = asyncio.Event()
-        self._own_idle = asyncio.Event()
+        self._own_idle = asyncio.Event()  # clear while the own server's last lease brought work
+        self._own_idle.set()
         self._flush_wanted = {url: asyncio.Event() for url in settings.servers}
         self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="hash")
         self.clients: list[ServerClient] = []
@@ -179,7 +180,11 @@ class Worker:
                 await backoff.sleep()
                 continue
             except Rejected as exc:
-                raise Fatal(f"{client.url} rejected this worker: {exc}") from None
+                if exc.status in (401, 403):
+                    raise Fatal(f"{client.url} rejected this worker: {exc}") from None
+                log.error("lease from %s refused: %s", client.url, exc)
+                await backoff.sleep()
+                continue
             backoff.reset()
             self.lease_s = min(self.lease_s, lease_s)
             if own:
@@ -295,7 +300,10 @@ class Worker:
                     log.debug("heartbeat to %s failed: %s", client.url, exc)
                     continue
                 except Rejected as exc:
-                    raise Fatal(f"{client.url} rejected this worker: {exc}") from None
+                    if exc.status in (401, 403):
+                        raise Fatal(f"{client.url} rejected this worker: {exc}") from None
+                    log.error("heartbeat to %s refused: %s", client.url, exc)
+                    continue
                 if lost:
                     # Someone else has these now; do not start them (running ones still report).
                     self.pending = collections.deque(j for j in self.pending if j.work_id not in lost)

@@ -433,3 +433,37 @@ def test_a_stopped_worker_of_ours_is_terminated_and_reported_gone(tmp_path, ec2)
     iid = run(scenario())
     state = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
     assert state in ("shutting-down", "terminated")
+
+
+def test_a_slow_launch_blocks_neither_the_loop_nor_the_count(tmp_path, ec2):
+    """RunInstances held inside boto3: scaling decisions keep running on the event loop, the
+    launches in flight count as starting, and none is duplicated."""
+    import threading
+
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def hold(**kwargs):
+        entered.release()
+        release.wait(30)
+
+    async def scenario():
+        async with Harness(tmp_path) as h:
+            h.launcher.client.meta.events.register("before-call.ec2.RunInstances", hold)
+            await h.backlog()
+            await h.autoscaler.tick()
+            for _ in range(3):  # all three calls are inside boto3, in pool threads
+                await asyncio.to_thread(entered.acquire, True, 30)
+            for _ in range(10):  # the loop is free: more decisions run, and launch nothing more
+                await h.autoscaler.tick()
+                assert h.autoscaler.view.starting == 3
+            release.set()
+            await h.settle()
+            await h.tick_until(lambda: h.launcher.launched_total == 3)
+            return h.guard.status()["launched_total"]
+
+    try:
+        assert run(scenario()) == 3
+    finally:
+        release.set()
+    assert len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 3

@@ -467,3 +467,21 @@ def test_a_slow_launch_blocks_neither_the_loop_nor_the_count(tmp_path, ec2):
     finally:
         release.set()
     assert len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 3
+
+
+def test_server_sigterm_stops_launching_and_leaves_instances_to_idle_out(tmp_path, ec2):
+    from tests.cluster import Server, free_port, make_token_file, wait_for
+
+    port = free_port()
+    server = Server(port, tmp_path / f"s{port}", make_token_file(tmp_path), launcher="ec2",
+                    launch_template=TEMPLATE, cluster=CLUSTER, max_workers=2, scale_interval_s=0.2)
+    server.start()
+    try:
+        for _ in range(10):
+            server.enqueue(b"y", 100_000_000)
+        wait_for(lambda: len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 2, 30, "2 instances")
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    everything = instances(ec2, {"dynwork:cluster": CLUSTER})
+    assert len(everything) == 2 and len(live(everything)) == 2  # nothing new, nothing terminated

@@ -485,3 +485,32 @@ def test_server_sigterm_stops_launching_and_leaves_instances_to_idle_out(tmp_pat
         server.kill()
     everything = instances(ec2, {"dynwork:cluster": CLUSTER})
     assert len(everything) == 2 and len(live(everything)) == 2  # nothing new, nothing terminated
+
+
+def test_partial_launch_keeps_what_started_and_backs_off(tmp_path, ec2):
+    """The account's instance limit refuses the third of three launches: the two started are
+    counted (no duplicate launch for them), the failure backs off and shows in the status."""
+    calls = []
+
+    def limit(**kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ClientError({"Error": {"Code": "InstanceLimitExceeded",
+                                         "Message": "You have requested more instances than your limit"}},
+                              "RunInstances")
+
+    async def scenario():
+        async with Harness(tmp_path, guard_kw={"base_backoff_s": 0.3, "max_backoff_s": 1.0}) as h:
+            h.launcher.client.meta.events.register("before-call.ec2.RunInstances", limit)
+            await h.backlog()
+            await h.autoscaler.tick()
+            await h.settle()
+            status = h.guard.status()
+            assert status["state"] == "backoff" and "InstanceLimitExceeded" in status["last_error"]
+            assert h.launcher.launched_total == 2 and len(h.autoscaler.unbooted) == 2
+            await h.tick_until(lambda: h.launcher.launched_total == 3)
+            return h.guard.status()["state"]
+
+    assert run(scenario()) == "ok"
+    assert len(calls) == 4
+    assert len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 3

@@ -38,13 +38,19 @@ def moto_url():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    url = f"http://{host}:{port}"
+    client = boto3.client("ec2", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+    # Listing every built-in AMI takes seconds; do it once. A reset brings the same ones back.
+    image = client.describe_images(MaxResults=5)["Images"][0]["ImageId"]
+    yield url, image
     server.stop()
 
 
 @pytest.fixture
 def ec2(moto_url, monkeypatch):
     """A clean moto account with a launch template; the environment points boto3 at it."""
+    moto_url, image = moto_url
     urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")).read()
     for key, value in {"AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
@@ -52,7 +58,7 @@ def ec2(moto_url, monkeypatch):
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
         monkeypatch.delenv(key, raising=False)
     client = boto3.client("ec2", region_name="us-east-1")
-    image = client.describe_images()["Images"][0]["ImageId"]
+    client.describe_images(ImageIds=[image])  # still there after the reset
     client.create_launch_template(LaunchTemplateName=TEMPLATE,
                                   LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"})
     client.image_id = image

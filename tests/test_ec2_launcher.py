@@ -116,7 +116,7 @@ class Harness:
         for _ in range(jobs):
             await self.scheduler.enqueue(b"x" * 64, iterations)
 
-    async def tick_until(self, cond, timeout_s=20.0, every=None):
+    async def tick_until(self, cond, timeout_s=60.0, every=None):
         """Run scaling decisions until cond() holds (a deadline, not a sleep, is the bound)."""
         deadline = time.monotonic() + timeout_s
         while True:

@@ -136,7 +136,11 @@ class Ec2Launcher(Launcher):
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        self.client = await asyncio.get_running_loop().run_in_executor(self._pool, self._client_factory)
+        try:
+            self.client = await asyncio.get_running_loop().run_in_executor(self._pool, self._client_factory)
+        except Exception as exc:  # noqa: BLE001 - e.g. NoRegionError: say what is missing, then fail
+            raise RuntimeError(f"cannot create the EC2 client: {type(exc).__name__}: {exc} "
+                               "(set --aws-region or AWS_REGION, and credentials)") from exc
         await self.reconcile()  # adopt the fleet before the first scaling decision
         self._reconciler = asyncio.create_task(self._reconcile_loop(), name="ec2-reconcile")
 
@@ -250,6 +254,9 @@ class Ec2Launcher(Launcher):
 
     async def launch(self, specs: list[WorkerSpec]) -> list[str]:
         """One RunInstances per worker (each has its own user-data), all at once."""
+        if self.reconciled_at is None:
+            # Until the cloud has told us what runs, a launch could duplicate a fleet we own.
+            raise LaunchError(f"fleet not reconciled yet: {self.reconcile_error}")
         results = await asyncio.gather(*(self._call(self._run_one, spec=spec) for spec in specs),
                                        return_exceptions=True)
         started, errors = [], []

@@ -22,3 +22,11 @@ def make_cluster(tmp_path):
 def cluster(make_cluster):
     """Two peer servers without autoscaling; tests start the workers they need."""
     return make_cluster(launcher="none")
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    """One cluster for a module's read-only checks (bad input, auth): they change nothing visible."""
+    cluster = Cluster(tmp_path_factory.mktemp("shared"), launcher="none").start()
+    yield cluster
+    cluster.close()

@@ -30,8 +30,8 @@ def complete_via_internal(server, token: str, count: int, worker_id: str = "test
     "?iterations=%201", "?iterations=1e3", "?iterations=0x10", "?iterations=100000001",
     "?iterations=99999999999999999999999", "?iterations=1&iterations=2", "?iterations=%E2%91%A0",
 ])
-def test_enqueue_rejects_bad_iterations(cluster, query):
-    resp = http("PUT", f"{cluster.a.url}/enqueue{query}", data=b"x")
+def test_enqueue_rejects_bad_iterations(shared_cluster, query):
+    resp = http("PUT", f"{shared_cluster.a.url}/enqueue{query}", data=b"x")
     assert resp.status == 400
     assert "iterations" in resp.json()["error"]
 
@@ -85,14 +85,14 @@ def test_full_queue_answers_503_with_retry_after(make_cluster):
 
 
 @pytest.mark.parametrize("query", ["", "?top=0", "?top=1001", "?top=x", "?top=-1", "?top=1.0"])
-def test_pull_rejects_bad_top(cluster, query):
-    resp = http("POST", f"{cluster.a.url}/pullCompleted{query}")
+def test_pull_rejects_bad_top(shared_cluster, query):
+    resp = http("POST", f"{shared_cluster.a.url}/pullCompleted{query}")
     assert resp.status == 400 and "top" in resp.json()["error"]
 
 
 @pytest.mark.parametrize("work_id", ["nope", "s1.1.abcdef", "s0.0.aaaaaa", "%00", "a" * 300])
-def test_unknown_work_ids_are_404(cluster, work_id):
-    resp = http("GET", f"{cluster.a.url}/work/{work_id}")
+def test_unknown_work_ids_are_404(shared_cluster, work_id):
+    resp = http("GET", f"{shared_cluster.a.url}/work/{work_id}")
     assert resp.status == 404 and "unknown" in resp.json()["error"]
 
 
@@ -105,14 +105,14 @@ def test_wrong_nonce_is_404_even_for_a_real_seq(cluster):
 
 @pytest.mark.parametrize("method,path", [("GET", "/enqueue"), ("GET", "/pullCompleted"), ("DELETE", "/work/x"),
                                          ("POST", "/healthz")])
-def test_wrong_method_is_405_json(cluster, method, path):
-    resp = http(method, cluster.a.url + path)
+def test_wrong_method_is_405_json(shared_cluster, method, path):
+    resp = http(method, shared_cluster.a.url + path)
     assert resp.status == 405
     assert "error" in resp.json()
 
 
-def test_unknown_path_is_404_json(cluster):
-    resp = http("GET", cluster.a.url + "/nothing/here")
+def test_unknown_path_is_404_json(shared_cluster):
+    resp = http("GET", shared_cluster.a.url + "/nothing/here")
     assert resp.status == 404 and "error" in resp.json()
 
 
@@ -130,10 +130,10 @@ def test_bad_wait_is_400(cluster):
     ("POST", "/internal/peer/sync"), ("GET", "/internal/lease"), ("DELETE", "/internal/anything"),
     ("GET", "/internal/"), ("GET", "/%69nternal/peer/pull"), ("GET", "/INTERNAL/lease"),
 ])
-def test_internal_api_needs_the_token(cluster, method, path):
+def test_internal_api_needs_the_token(shared_cluster, method, path):
     for headers in ({}, {"Authorization": "Bearer wrong-token-of-enough-length"},
-                    {"Authorization": cluster.token}, {"Authorization": f"Basic {cluster.token}"}):
-        resp = http(method, cluster.a.url + path, data=b"{}" if method == "POST" else None, headers=headers)
+                    {"Authorization": shared_cluster.token}, {"Authorization": f"Basic {shared_cluster.token}"}):
+        resp = http(method, shared_cluster.a.url + path, data=b"{}" if method == "POST" else None, headers=headers)
         assert resp.status == 401, (path, headers, resp.status)
         assert resp.json()["error"] == "authentication required"
 

@@ -38,13 +38,19 @@ def moto_url():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    url = f"http://{host}:{port}"
+    client = boto3.client("ec2", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+    # Listing every built-in AMI takes seconds; do it once. A reset brings the same ones back.
+    image = client.describe_images(MaxResults=5)["Images"][0]["ImageId"]
+    yield url, image
     server.stop()
 
 
 @pytest.fixture
 def ec2(moto_url, monkeypatch):
     """A clean moto account with a launch template; the environment points boto3 at it."""
+    moto_url, image = moto_url
     urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")).read()
     for key, value in {"AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
@@ -52,7 +58,7 @@ def ec2(moto_url, monkeypatch):
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
         monkeypatch.delenv(key, raising=False)
     client = boto3.client("ec2", region_name="us-east-1")
-    image = client.describe_images()["Images"][0]["ImageId"]
+    client.describe_images(ImageIds=[image])  # still there after the reset
     client.create_launch_template(LaunchTemplateName=TEMPLATE,
                                   LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"})
     client.image_id = image
@@ -78,7 +84,7 @@ def tags_of(inst: dict) -> dict:
 class Harness:
     """One server's scaling parts, as server.node wires them, minus HTTP."""
 
-    def __init__(self, tmp_path, *, name="s8001", guard_kw=None, **overrides) -> None:
+    def __init__(self, tmp_path, *, name="s8001", guard_kw=None, client_factory=None, **overrides) -> None:
         values = dict(launcher="ec2", launch_template=TEMPLATE, cluster=CLUSTER, name=name,
                       state_dir=tmp_path / name, max_workers=3, worker_boot_timeout_s=300.0,
                       scale_interval_s=0.05, reconcile_interval_s=0.2, worker_idle_s=30.0)
@@ -86,6 +92,7 @@ class Harness:
         self.settings = ServerSettings(**values)
         self.guard = LaunchGuard(max_per_minute=20, rng=lambda: 0.5, **(guard_kw or {}))
         self.tmp_path = tmp_path
+        self.client_factory = client_factory
 
     async def __aenter__(self) -> Harness:
         s = self.settings
@@ -93,7 +100,7 @@ class Harness:
         await self.store.start()
         self.scheduler = Scheduler(self.store, lease_s=s.lease_s, max_attempts=s.max_attempts)
         await self.scheduler.load()
-        self.launcher = Ec2Launcher(s)
+        self.launcher = Ec2Launcher(s, client_factory=self.client_factory)
         await self.launcher.start()
         self.autoscaler = Autoscaler(settings=s, scheduler=self.scheduler, registry=Registry(),
                                      launcher=self.launcher, guard=self.guard, loans=Loans(s.max_workers),
@@ -109,7 +116,7 @@ class Harness:
         for _ in range(jobs):
             await self.scheduler.enqueue(b"x" * 64, iterations)
 
-    async def tick_until(self, cond, timeout_s=20.0, every=None):
+    async def tick_until(self, cond, timeout_s=60.0, every=None):
         """Run scaling decisions until cond() holds (a deadline, not a sleep, is the bound)."""
         deadline = time.monotonic() + timeout_s
         while True:
@@ -306,3 +313,210 @@ def test_server_process_launches_survives_kill_9_adopts_and_reaps(tmp_path, ec2)
         assert "launches suspended" in server.log_path.read_text()
     finally:
         server.kill()
+
+
+def test_launched_instances_boot_through_bootstrap_work_and_scale_down(tmp_path, ec2):
+    """The test plays the hypervisor: for each instance moto starts it serves the user-data over
+    IMDSv2 and runs `python -m worker.bootstrap`, as the AMI's unit does; when the worker exits,
+    the instance terminates (instance-initiated shutdown)."""
+    import subprocess
+    import sys
+    import threading
+
+    from tests.cluster import ROOT, Server, free_port, make_token_file, reference, wait_for
+    from tests.test_bootstrap import FakeImds
+
+    port = free_port()
+    name = f"s{port}"
+    token_file = make_token_file(tmp_path)
+    server = Server(port, tmp_path / name, token_file, launcher="ec2", launch_template=TEMPLATE,
+                    cluster=CLUSTER, max_workers=2, target_drain_s=0.1, worker_idle_s=2, worker_threads=1,
+                    worker_boot_timeout=120, reconcile_interval_s=0.3, scale_interval_s=0.2)
+    booted: dict[str, tuple[subprocess.Popen, FakeImds]] = {}
+    exit_codes: dict[str, int] = {}
+
+    def hypervisor() -> None:
+        for inst in live(instances(ec2, {"dynwork:server": name})):
+            iid = inst["InstanceId"]
+            if iid in booted:
+                continue
+            raw = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
+            imds = FakeImds(base64.b64decode(raw))
+            threading.Thread(target=imds.serve_forever, daemon=True).start()
+            with open(tmp_path / f"{iid}.log", "ab") as log:
+                proc = subprocess.Popen([sys.executable, "-m", "worker.bootstrap", "--imds-endpoint", imds.url,
+                                         "--token-file", str(tmp_path / iid / "cluster.token")],
+                                        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            booted[iid] = (proc, imds)
+        for iid, (proc, imds) in booted.items():
+            if iid not in exit_codes and proc.poll() is not None:
+                exit_codes[iid] = proc.returncode
+                imds.shutdown()
+                ec2.terminate_instances(InstanceIds=[iid])  # the unit powers the instance off
+
+    def step(cond):
+        def check():
+            hypervisor()
+            return cond()
+        return check
+
+    server.start()
+    try:
+        jobs = {server.enqueue(bytes([i]) * 100, 50_000): bytes([i]) * 100 for i in range(6)}
+        done = wait_for(step(lambda: all(server.work(w).json()["status"] == "completed" for w in jobs)),
+                        120, "jobs completed by booted workers")
+        assert done
+        for work_id, body in jobs.items():
+            assert server.work(work_id).json()["result"] == reference(body, 50_000)
+        status = server.status()
+        assert status["workers"]["boot_s"] is not None  # measured: launch to first report
+        # idle workers exit on their own, their instances terminate, the fleet is empty again
+        wait_for(step(lambda: len(exit_codes) == len(booted) and not live(instances(ec2, {"dynwork:server": name}))),
+                 120, "workers idle-exited and instances terminated")
+        assert set(exit_codes.values()) == {0}
+        final = wait_for(lambda: (s := server.status())["workers"]["live"] == 0 and s["workers"]["starting"] == 0
+                         and s, 60, "fleet empty in /status")
+        assert 1 <= final["launcher"]["launched_total"] == len(booted) <= 2
+        assert final["launcher"]["guard"]["state"] == "ok"
+    finally:
+        server.kill()
+        for proc, imds in booted.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            imds.server_close()
+
+
+def test_no_launch_before_the_fleet_is_known(tmp_path, ec2):
+    """DescribeInstances failing at start (throttled, no permission yet): nothing is launched,
+    since a restarted server could not tell its own fleet apart; launches follow the first
+    successful reconciliation."""
+    import boto3 as boto3_
+
+    failures = {"left": 3}
+
+    def refuse(**kwargs):
+        if failures["left"] > 0:
+            failures["left"] -= 1
+            raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "DescribeInstances")
+
+    def factory():
+        client = boto3_.session.Session().client("ec2")
+        client.meta.events.register("before-call.ec2.DescribeInstances", refuse)
+        return client
+
+    async def scenario():
+        async with Harness(tmp_path, client_factory=factory,
+                           guard_kw={"base_backoff_s": 0.2, "max_backoff_s": 0.5}) as h:
+            assert h.launcher.reconciled_at is None and "Throttling" in h.launcher.reconcile_error
+            await h.backlog()
+            states = []
+            await h.tick_until(lambda: h.launcher.launched_total == 3, every=lambda: states.append(
+                (h.launcher.reconciled_at is not None, h.launcher.launched_total)))
+            return states
+
+    states = run(scenario())
+    assert all(known for known, launched in states if launched)  # launches only once known
+    assert states[0] == (False, 0)
+    assert len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 3
+
+
+def test_a_stopped_worker_of_ours_is_terminated_and_reported_gone(tmp_path, ec2):
+    from server.launcher import MemberState
+
+    async def scenario():
+        async with Harness(tmp_path) as h:
+            await h.backlog(jobs=1)
+            await h.tick_until(lambda: h.launcher.launched_total == 1)
+            (inst,) = live(instances(ec2, {"dynwork:cluster": CLUSTER}))
+            worker_id = tags_of(inst)["dynwork:worker-id"]
+            ec2.stop_instances(InstanceIds=[inst["InstanceId"]])
+            await h.launcher.reconcile()
+            fleet = await h.launcher.fleet()
+            assert fleet[worker_id].state is MemberState.GONE
+            return inst["InstanceId"]
+
+    iid = run(scenario())
+    state = ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state in ("shutting-down", "terminated")
+
+
+def test_a_slow_launch_blocks_neither_the_loop_nor_the_count(tmp_path, ec2):
+    """RunInstances held inside boto3: scaling decisions keep running on the event loop, the
+    launches in flight count as starting, and none is duplicated."""
+    import threading
+
+    release = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def hold(**kwargs):
+        entered.release()
+        release.wait(30)
+
+    async def scenario():
+        async with Harness(tmp_path) as h:
+            h.launcher.client.meta.events.register("before-call.ec2.RunInstances", hold)
+            await h.backlog()
+            await h.autoscaler.tick()
+            for _ in range(3):  # all three calls are inside boto3, in pool threads
+                await asyncio.to_thread(entered.acquire, True, 30)
+            for _ in range(10):  # the loop is free: more decisions run, and launch nothing more
+                await h.autoscaler.tick()
+                assert h.autoscaler.view.starting == 3
+            release.set()
+            await h.settle()
+            await h.tick_until(lambda: h.launcher.launched_total == 3)
+            return h.guard.status()["launched_total"]
+
+    try:
+        assert run(scenario()) == 3
+    finally:
+        release.set()
+    assert len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 3
+
+
+def test_server_sigterm_stops_launching_and_leaves_instances_to_idle_out(tmp_path, ec2):
+    from tests.cluster import Server, free_port, make_token_file, wait_for
+
+    port = free_port()
+    server = Server(port, tmp_path / f"s{port}", make_token_file(tmp_path), launcher="ec2",
+                    launch_template=TEMPLATE, cluster=CLUSTER, max_workers=2, scale_interval_s=0.2)
+    server.start()
+    try:
+        for _ in range(10):
+            server.enqueue(b"y", 100_000_000)
+        wait_for(lambda: len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 2, 30, "2 instances")
+        assert server.stop() == 0
+    finally:
+        server.kill()
+    everything = instances(ec2, {"dynwork:cluster": CLUSTER})
+    assert len(everything) == 2 and len(live(everything)) == 2  # nothing new, nothing terminated
+
+
+def test_partial_launch_keeps_what_started_and_backs_off(tmp_path, ec2):
+    """The account's instance limit refuses the third of three launches: the two started are
+    counted (no duplicate launch for them), the failure backs off and shows in the status."""
+    calls = []
+
+    def limit(**kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise ClientError({"Error": {"Code": "InstanceLimitExceeded",
+                                         "Message": "You have requested more instances than your limit"}},
+                              "RunInstances")
+
+    async def scenario():
+        async with Harness(tmp_path, guard_kw={"base_backoff_s": 0.3, "max_backoff_s": 1.0}) as h:
+            h.launcher.client.meta.events.register("before-call.ec2.RunInstances", limit)
+            await h.backlog()
+            await h.autoscaler.tick()
+            await h.settle()
+            status = h.guard.status()
+            assert status["state"] == "backoff" and "InstanceLimitExceeded" in status["last_error"]
+            assert h.launcher.launched_total == 2 and len(h.autoscaler.unbooted) == 2
+            await h.tick_until(lambda: h.launcher.launched_total == 3)
+            return h.guard.status()["state"]
+
+    assert run(scenario()) == "ok"
+    assert len(calls) == 4
+    assert len(live(instances(ec2, {"dynwork:cluster": CLUSTER}))) == 3

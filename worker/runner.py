@@ -68,6 +68,7 @@ class Worker:
         self.exit_code = 0
         self._work_ready = asyncio.Event()
         self._room = asyncio.Event()
+        self._heartbeat_due = asyncio.Event()
         self._own_idle = asyncio.Event()  # clear while the own server's last lease brought work
         self._own_idle.set()
         self._flush_wanted = {url: asyncio.Event() for url in settings.servers}
@@ -186,7 +187,9 @@ class Worker:
                 await backoff.sleep()
                 continue
             backoff.reset()
-            self.lease_s = min(self.lease_s, lease_s)
+            if lease_s < self.lease_s:
+                self.lease_s = lease_s
+                self._heartbeat_due.set()  # the current sleep may be longer than this lease
             if own:
                 if jobs:
                     self._own_idle.clear()
@@ -308,7 +311,11 @@ class Worker:
                     # Someone else has these now; do not start them (running ones still report).
                     self.pending = collections.deque(j for j in self.pending if j.work_id not in lost)
                     log.info("%d lease(s) on %s were lost", len(lost), client.url)
-            await asyncio.sleep(self._heartbeat_interval())
+            self._heartbeat_due.clear()
+            try:
+                await asyncio.wait_for(self._heartbeat_due.wait(), self._heartbeat_interval())
+            except asyncio.TimeoutError:
+                pass
 
     def _heartbeat_interval(self) -> float:
         return min(HEARTBEAT_MAX_S, self.lease_s / 3)

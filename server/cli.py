@@ -147,6 +147,12 @@ class Cluster:
                 raise Unavailable(f"{method} {path.split('?')[0]} to {server} got no answer "
                                   f"({describe_exception(exc)}); it may or may not have been applied") from None
             if status < 300:
+                if body is None:
+                    failures.append(f"{server}: HTTP {status} without a JSON body")
+                    if idempotent:
+                        continue
+                    raise Unavailable(f"{method} {path.split('?')[0]} to {server}: HTTP {status} without a "
+                                      "JSON body; it may or may not have been applied")
                 return server, body
             message = error_message(body, raw)
             if status == 404:
@@ -293,7 +299,7 @@ async def wait_one(cluster: Cluster, work_id: str, deadline: float | None,
             down_since = now if down_since is None else down_since
             if now - down_since >= grace_s or (deadline is not None and now >= deadline):
                 raise
-            await asyncio.sleep(min(0.1 * 2 ** min(now - down_since, 4), 1.0))
+            await asyncio.sleep(min(0.1 + (now - down_since) / 10, 1.0))  # 0.1 s, slowing to 1 s
             continue
         down_since = None
         if item.get("status") in FINISHED or (deadline is not None and time.monotonic() >= deadline):
@@ -309,14 +315,15 @@ async def cmd_wait(args, cluster: Cluster, out) -> int:
     finished = [asyncio.Event() for _ in ids]
 
     async def one(index: int) -> None:
-        async with gate:
-            try:
+        try:
+            async with gate:
                 results[index] = await wait_one(cluster, ids[index], deadline)
-            except CliError as exc:
-                results[index] = exc
+        except CliError as exc:
+            results[index] = exc
+        finally:
+            finished[index].set()  # also when something unexpected broke it: the printer must not hang
         item = results[index]
         progress.update(failed=not isinstance(item, dict) or item.get("status") != "completed")
-        finished[index].set()
 
     async def ticker() -> None:
         while True:
@@ -331,6 +338,8 @@ async def cmd_wait(args, cluster: Cluster, out) -> int:
         for index, work_id in enumerate(ids):  # results in the order given, each as soon as it can be
             await finished[index].wait()
             item = results[index]
+            if item is None:  # its task failed unexpectedly: let that error show
+                await tasks[index]
             if isinstance(item, CliError):
                 codes.add(item.exit_code)
                 progress.message(f"dynwork: {work_id}: {item}")

@@ -1,0 +1,16 @@
+/* AVX-512 lane kernel: two interleaved groups of 8 lanes (vector adds and rotates have a
+ * 2-cycle latency on recent cores, so one group alone stalls on itself). */
+#include "sha512_impl.h"
+
+#ifdef DW_X86
+#include <immintrin.h>
+
+#define DW_TARGET __attribute__((target("avx512f")))
+#define DW_VW 8
+#define DW_GROUPS 2
+#define DW_NAME(x) dw_avx512_##x
+#define DW_ROR(x, n) ((V)_mm512_ror_epi64((__m512i)(x), (n)))
+#include "sha512_vec.h"
+
+const dw_lane_kernel dw_avx512_kernel = {DW_LANES, 1, dw_avx512_block, dw_avx512_chain};
+#endif

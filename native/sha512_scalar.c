@@ -31,12 +31,16 @@ const uint64_t dw_IV[8] = {
     0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
 };
 
-/* One round; the caller rotates the roles of a..h instead of moving values. */
-#define ROUND(a, b, c, d, e, f, g, h, i)                                                \
+/* One round; the caller rotates the roles of a..h instead of moving values. h takes K + W
+ * first, off the critical path through e. Maj(a,b,c) = ((a^b) & (b^c)) ^ b, and this round's
+ * a^b is the next round's b^c: ab and bc alternate between two variables. */
+#define ROUND(a, b, c, d, e, f, g, h, i, ab, bc)                                        \
     do {                                                                                \
-        uint64_t t1_ = (h) + DW_BSIG1(e) + DW_CH(e, f, g) + dw_K[i] + W_AT(i);          \
-        (d) += t1_;                                                                     \
-        (h) = t1_ + DW_BSIG0(a) + DW_MAJ(a, b, c);                                      \
+        (h) += dw_K[i] + W_AT(i);                                                       \
+        (h) += DW_BSIG1(e) + DW_CH(e, f, g);                                            \
+        (d) += (h);                                                                     \
+        (ab) = (a) ^ (b);                                                               \
+        (h) += DW_BSIG0(a) + (((ab) & (bc)) ^ (b));                                     \
     } while (0)
 
 /* Message word i; from round 16 on it is expanded in place in a 16-word ring. */
@@ -46,16 +50,17 @@ const uint64_t dw_IV[8] = {
                               DW_SSIG0(w[((i)-15) & 15])))
 
 #define ROUNDS8(i)                                                                      \
-    ROUND(a, b, c, d, e, f, g, h, (i) + 0);                                             \
-    ROUND(h, a, b, c, d, e, f, g, (i) + 1);                                             \
-    ROUND(g, h, a, b, c, d, e, f, (i) + 2);                                             \
-    ROUND(f, g, h, a, b, c, d, e, (i) + 3);                                             \
-    ROUND(e, f, g, h, a, b, c, d, (i) + 4);                                             \
-    ROUND(d, e, f, g, h, a, b, c, (i) + 5);                                             \
-    ROUND(c, d, e, f, g, h, a, b, (i) + 6);                                             \
-    ROUND(b, c, d, e, f, g, h, a, (i) + 7)
+    ROUND(a, b, c, d, e, f, g, h, (i) + 0, x_, y_);                                     \
+    ROUND(h, a, b, c, d, e, f, g, (i) + 1, y_, x_);                                     \
+    ROUND(g, h, a, b, c, d, e, f, (i) + 2, x_, y_);                                     \
+    ROUND(f, g, h, a, b, c, d, e, (i) + 3, y_, x_);                                     \
+    ROUND(e, f, g, h, a, b, c, d, (i) + 4, x_, y_);                                     \
+    ROUND(d, e, f, g, h, a, b, c, (i) + 5, y_, x_);                                     \
+    ROUND(c, d, e, f, g, h, a, b, (i) + 6, x_, y_);                                     \
+    ROUND(b, c, d, e, f, g, h, a, (i) + 7, y_, x_)
 
 #define ROUNDS80                                                                        \
+    uint64_t x_, y_ = b ^ c;                                                            \
     ROUNDS8(0); ROUNDS8(8); ROUNDS8(16); ROUNDS8(24); ROUNDS8(32);                      \
     ROUNDS8(40); ROUNDS8(48); ROUNDS8(56); ROUNDS8(64); ROUNDS8(72)
 

@@ -26,25 +26,31 @@ typedef uint64_t DW_NAME(v) __attribute__((vector_size(8 * DW_VW)));
               : (w[(i)&15][g] += VSSIG1(w[((i)-2) & 15][g]) + w[((i)-7) & 15][g] +      \
                                  VSSIG0(w[((i)-15) & 15][g])))
 
-#define VROUND(a, b, c, d, e, f, g_, h, i)                                              \
+/* As the scalar round: h takes K + W early; Maj(a,b,c) = ((a^b) & (b^c)) ^ b with this round's
+ * a^b kept as the next round's b^c (ab and bc alternate between x_ and y_). */
+#define VROUND(a, b, c, d, e, f, g_, h, i, ab, bc)                                      \
     for (int g = 0; g < DW_GROUPS; g++) {                                               \
-        V t1_ = h[g] + VBSIG1(e[g]) + (((f[g] ^ g_[g]) & e[g]) ^ g_[g]) + dw_K[i] +     \
-                VW_AT(i, g);                                                            \
-        d[g] += t1_;                                                                    \
-        h[g] = t1_ + VBSIG0(a[g]) + ((a[g] & b[g]) | (c[g] & (a[g] | b[g])));           \
+        h[g] += dw_K[i] + VW_AT(i, g);                                                  \
+        h[g] += VBSIG1(e[g]) + (((f[g] ^ g_[g]) & e[g]) ^ g_[g]);                       \
+        d[g] += h[g];                                                                   \
+        ab[g] = a[g] ^ b[g];                                                            \
+        h[g] += VBSIG0(a[g]) + ((ab[g] & bc[g]) ^ b[g]);                                \
     }
 
 #define VROUNDS8(i)                                                                     \
-    VROUND(a, b, c, d, e, f, gg, h, (i) + 0);                                           \
-    VROUND(h, a, b, c, d, e, f, gg, (i) + 1);                                           \
-    VROUND(gg, h, a, b, c, d, e, f, (i) + 2);                                           \
-    VROUND(f, gg, h, a, b, c, d, e, (i) + 3);                                           \
-    VROUND(e, f, gg, h, a, b, c, d, (i) + 4);                                           \
-    VROUND(d, e, f, gg, h, a, b, c, (i) + 5);                                           \
-    VROUND(c, d, e, f, gg, h, a, b, (i) + 6);                                           \
-    VROUND(b, c, d, e, f, gg, h, a, (i) + 7)
+    VROUND(a, b, c, d, e, f, gg, h, (i) + 0, x_, y_);                                   \
+    VROUND(h, a, b, c, d, e, f, gg, (i) + 1, y_, x_);                                   \
+    VROUND(gg, h, a, b, c, d, e, f, (i) + 2, x_, y_);                                   \
+    VROUND(f, gg, h, a, b, c, d, e, (i) + 3, y_, x_);                                   \
+    VROUND(e, f, gg, h, a, b, c, d, (i) + 4, x_, y_);                                   \
+    VROUND(d, e, f, gg, h, a, b, c, (i) + 5, y_, x_);                                   \
+    VROUND(c, d, e, f, gg, h, a, b, (i) + 6, x_, y_);                                   \
+    VROUND(b, c, d, e, f, gg, h, a, (i) + 7, y_, x_)
 
 #define VROUNDS80                                                                       \
+    V x_[DW_GROUPS], y_[DW_GROUPS];                                                     \
+    for (int g = 0; g < DW_GROUPS; g++)                                                 \
+        y_[g] = b[g] ^ c[g];                                                            \
     VROUNDS8(0); VROUNDS8(8); VROUNDS8(16); VROUNDS8(24); VROUNDS8(32);                 \
     VROUNDS8(40); VROUNDS8(48); VROUNDS8(56); VROUNDS8(64); VROUNDS8(72)
 

@@ -148,8 +148,8 @@ class Store:
                 pass
             error = _as_store_error(exc)
             outcomes = [(future, None, error) for _, future in batch]
-        for future, result, error in outcomes:
-            self._loop.call_soon_threadsafe(_resolve, future, result, error)
+        # One wake-up of the event loop per group commit, not one per operation.
+        self._loop.call_soon_threadsafe(_resolve_all, outcomes)
 
     async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run fn(conn) in the next group commit; returns once it is committed."""
@@ -266,6 +266,11 @@ def _as_store_error(exc: BaseException) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     return StoreError(f"{type(exc).__name__}: {exc}")
+
+
+def _resolve_all(outcomes: list) -> None:
+    for future, result, error in outcomes:
+        _resolve(future, result, error)
 
 
 def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

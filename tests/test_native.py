@@ -132,6 +132,13 @@ def test_bad_job_shapes(job):
         native.chain_many([job])
 
 
+def test_the_expected_build_is_under_test():
+    """native/sanitize.sh runs these tests against its instrumented build; make sure they do."""
+    expected = os.environ.get("DYNWORK_NATIVE_EXPECT_DIR")
+    if expected:
+        assert os.path.dirname(native.__file__) == expected
+
+
 def test_backend_reporting(backend):
     assert native.backend() == backend
     assert "scalar" in native.available_backends()

@@ -58,7 +58,8 @@ typedef struct {
 void dw_lanes_run(const dw_lane_kernel *k, size_t n, const uint8_t *const *data,
                   const size_t *lens, const uint64_t *iterations, uint8_t *out);
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* DW_NO_SIMD builds the portable code only, as on non-x86 machines. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(DW_NO_SIMD)
 #define DW_X86 1
 extern const dw_lane_kernel dw_avx2_kernel;
 extern const dw_lane_kernel dw_avx512_kernel;

@@ -136,12 +136,14 @@ DEFINE_KERNELS(bmi2, __attribute__((target("bmi,bmi2"))))
 
 static int use_bmi2(void)
 {
-    static int cached = -1; /* a benign race: every thread computes the same value */
-    if (cached < 0) {
+    static int cached = -1; /* every thread computes the same value */
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
         __builtin_cpu_init();
-        cached = __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("bmi");
+        v = __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("bmi");
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
-    return cached;
+    return v;
 }
 #endif
 

@@ -2,6 +2,11 @@
 #include "sha512chain.h"
 #include "sha512_impl.h"
 
+/* Written once at import (under the GIL) and read by every hashing thread; relaxed atomics make
+ * a first use from two threads at once well defined (both compute the same value). */
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
+
 static int selected = -1;
 static int checked[3]; /* 0: not yet, 1: passed, -1: failed its self-test */
 
@@ -73,9 +78,9 @@ int dw_backend_status(int backend)
 {
     if (backend < 0 || backend > DW_BACKEND_AVX512 || !cpu_has(backend))
         return 0;
-    if (!checked[backend])
-        checked[backend] = backend == DW_BACKEND_SCALAR ? 1 : self_test(backend);
-    return checked[backend];
+    if (!LOAD(checked[backend]))
+        STORE(checked[backend], backend == DW_BACKEND_SCALAR ? 1 : self_test(backend));
+    return LOAD(checked[backend]);
 }
 
 int dw_backend_supported(int backend)
@@ -87,19 +92,19 @@ int dw_select_backend(int backend)
 {
     int status = dw_backend_status(backend);
     if (status == 1)
-        selected = backend;
+        STORE(selected, backend);
     return status == 1 ? 0 : status == 0 ? -1 : -2;
 }
 
 int dw_current_backend(void)
 {
-    if (selected < 0) {
+    if (LOAD(selected) < 0) {
         int best = DW_BACKEND_AVX512;
         while (!dw_backend_supported(best))
             best--;
-        selected = best; /* scalar is always supported */
+        STORE(selected, best); /* scalar is always supported */
     }
-    return selected;
+    return LOAD(selected);
 }
 
 int dw_backend_lanes(int backend)

@@ -20,6 +20,10 @@ echo "sanitize: building native with $san in $tmp"
         || { cat "$tmp/build.log"; exit 1; }
 )
 cp "$root"/native/*.py "$tmp/site/native/"
+for sym in __asan_init __ubsan_handle_; do
+    nm -D "$tmp"/site/native/_sha512chain*.so | grep -q "$sym" \
+        || { echo "sanitize: the build is not instrumented ($sym missing)" >&2; exit 1; }
+done
 # The native tests run from a copy, away from tests/conftest.py (which puts the project root, and
 # with it the unsanitized build, first on sys.path).
 mkdir -p "$tmp/site/native_tests"

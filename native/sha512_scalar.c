@@ -97,11 +97,23 @@ int dw_tail_blocks(const uint8_t *tail, size_t rem, size_t len, uint8_t buf[256]
         uint64_t w[16];                                                                 \
         memcpy(st, dw_IV, sizeof dw_IV);                                                \
         size_t full = len / 128;                                                        \
+        uint64_t s0 = st[0], s1 = st[1], s2 = st[2], s3 = st[3];                        \
+        uint64_t s4 = st[4], s5 = st[5], s6 = st[6], s7 = st[7];                        \
         for (size_t j = 0; j < full; j++) {                                             \
-            for (int i = 0; i < 16; i++)                                                \
-                w[i] = dw_load_be64(data + 128 * j + 8 * i);                            \
-            compress_##sfx(st, w);                                                      \
+            const uint8_t *p = data + 128 * j;                                          \
+            uint64_t w[16] = {                                                          \
+                dw_load_be64(p), dw_load_be64(p + 8), dw_load_be64(p + 16),             \
+                dw_load_be64(p + 24), dw_load_be64(p + 32), dw_load_be64(p + 40),       \
+                dw_load_be64(p + 48), dw_load_be64(p + 56), dw_load_be64(p + 64),       \
+                dw_load_be64(p + 72), dw_load_be64(p + 80), dw_load_be64(p + 88),       \
+                dw_load_be64(p + 96), dw_load_be64(p + 104), dw_load_be64(p + 112),     \
+                dw_load_be64(p + 120)};                                                 \
+            uint64_t a = s0, b = s1, c = s2, d = s3, e = s4, f = s5, g = s6, h = s7;    \
+            ROUNDS80;                                                                   \
+            s0 += a; s1 += b; s2 += c; s3 += d; s4 += e; s5 += f; s6 += g; s7 += h;     \
         }                                                                               \
+        st[0] = s0; st[1] = s1; st[2] = s2; st[3] = s3;                                 \
+        st[4] = s4; st[5] = s5; st[6] = s6; st[7] = s7;                                 \
         int blocks = dw_tail_blocks(data + 128 * full, len % 128, len, buf);            \
         for (int j = 0; j < blocks; j++) {                                              \
             for (int i = 0; i < 16; i++)                                                \

@@ -54,17 +54,18 @@ typedef uint64_t DW_NAME(v) __attribute__((vector_size(8 * DW_VW)));
     VROUNDS8(0); VROUNDS8(8); VROUNDS8(16); VROUNDS8(24); VROUNDS8(32);                 \
     VROUNDS8(40); VROUNDS8(48); VROUNDS8(56); VROUNDS8(64); VROUNDS8(72)
 
-DW_TARGET static inline V DW_NAME(load)(const uint64_t *p)
-{
-    V v;
-    __builtin_memcpy(&v, p, sizeof v);
-    return v;
-}
-
-DW_TARGET static inline void DW_NAME(store)(uint64_t *p, V v)
-{
-    __builtin_memcpy(p, &v, sizeof v);
-}
+/* Unaligned vector load and store (macros: no vector-typed arguments cross a call). */
+#define VLOAD(p)                                                                        \
+    __extension__({                                                                     \
+        V v_;                                                                           \
+        __builtin_memcpy(&v_, (p), sizeof v_);                                          \
+        v_;                                                                             \
+    })
+#define VSTORE(p, v)                                                                    \
+    do {                                                                                \
+        V v_ = (v);                                                                     \
+        __builtin_memcpy((p), &v_, sizeof v_);                                          \
+    } while (0)
 
 DW_TARGET static void DW_NAME(block)(uint64_t *st, const uint64_t *win)
 {
@@ -72,22 +73,22 @@ DW_TARGET static void DW_NAME(block)(uint64_t *st, const uint64_t *win)
     V e[DW_GROUPS], f[DW_GROUPS], gg[DW_GROUPS], h[DW_GROUPS];
     for (int g = 0; g < DW_GROUPS; g++) {
         for (int i = 0; i < 16; i++)
-            w[i][g] = DW_NAME(load)(win + i * DW_LANES + g * DW_VW);
-        a[g] = DW_NAME(load)(st + 0 * DW_LANES + g * DW_VW);
-        b[g] = DW_NAME(load)(st + 1 * DW_LANES + g * DW_VW);
-        c[g] = DW_NAME(load)(st + 2 * DW_LANES + g * DW_VW);
-        d[g] = DW_NAME(load)(st + 3 * DW_LANES + g * DW_VW);
-        e[g] = DW_NAME(load)(st + 4 * DW_LANES + g * DW_VW);
-        f[g] = DW_NAME(load)(st + 5 * DW_LANES + g * DW_VW);
-        gg[g] = DW_NAME(load)(st + 6 * DW_LANES + g * DW_VW);
-        h[g] = DW_NAME(load)(st + 7 * DW_LANES + g * DW_VW);
+            w[i][g] = VLOAD(win + i * DW_LANES + g * DW_VW);
+        a[g] = VLOAD(st + 0 * DW_LANES + g * DW_VW);
+        b[g] = VLOAD(st + 1 * DW_LANES + g * DW_VW);
+        c[g] = VLOAD(st + 2 * DW_LANES + g * DW_VW);
+        d[g] = VLOAD(st + 3 * DW_LANES + g * DW_VW);
+        e[g] = VLOAD(st + 4 * DW_LANES + g * DW_VW);
+        f[g] = VLOAD(st + 5 * DW_LANES + g * DW_VW);
+        gg[g] = VLOAD(st + 6 * DW_LANES + g * DW_VW);
+        h[g] = VLOAD(st + 7 * DW_LANES + g * DW_VW);
     }
     VROUNDS80;
     for (int g = 0; g < DW_GROUPS; g++) {
         V *out[8] = {a, b, c, d, e, f, gg, h};
         for (int i = 0; i < 8; i++) {
             uint64_t *p = st + i * DW_LANES + g * DW_VW;
-            DW_NAME(store)(p, DW_NAME(load)(p) + out[i][g]);
+            VSTORE(p, VLOAD(p) + out[i][g]);
         }
     }
 }
@@ -97,7 +98,7 @@ DW_TARGET static void DW_NAME(chain)(uint64_t *st, uint64_t steps)
     V s[8][DW_GROUPS];
     for (int i = 0; i < 8; i++)
         for (int g = 0; g < DW_GROUPS; g++)
-            s[i][g] = DW_NAME(load)(st + i * DW_LANES + g * DW_VW);
+            s[i][g] = VLOAD(st + i * DW_LANES + g * DW_VW);
     for (uint64_t n = 0; n < steps; n++) {
         V w[16][DW_GROUPS], a[DW_GROUPS], b[DW_GROUPS], c[DW_GROUPS], d[DW_GROUPS];
         V e[DW_GROUPS], f[DW_GROUPS], gg[DW_GROUPS], h[DW_GROUPS];
@@ -131,5 +132,5 @@ DW_TARGET static void DW_NAME(chain)(uint64_t *st, uint64_t steps)
     }
     for (int i = 0; i < 8; i++)
         for (int g = 0; g < DW_GROUPS; g++)
-            DW_NAME(store)(st + i * DW_LANES + g * DW_VW, s[i][g]);
+            VSTORE(st + i * DW_LANES + g * DW_VW, s[i][g]);
 }

@@ -6,25 +6,23 @@ come from the environment: DYNWORK_NATIVE_CFLAGS and DYNWORK_NATIVE_LDFLAGS.
 """
 import os
 import pathlib
+import re
 
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCES = ["sha512chain.c", "sha512_scalar.c", "sha512_lanes.c", "sha512_avx2.c", "sha512_avx512.c"]
 
+
+def _declarations(header: pathlib.Path) -> str:
+    """The header minus what cdef cannot read (guards, includes); its constants stay."""
+    keep = [line for line in header.read_text().splitlines()
+            if not line.startswith("#") or re.match(r"#define DW_\w+ -?\d+$", line)]
+    return "\n".join(keep)
+
+
 ffibuilder = FFI()
-ffibuilder.cdef(
-    """
-    void dw_chain(const uint8_t *data, size_t len, uint64_t iterations, uint8_t *out);
-    void dw_chain_many(size_t n, const uint8_t *const *data, const size_t *lens,
-                       const uint64_t *iterations, uint8_t *out);
-    int dw_backend_status(int backend);
-    int dw_backend_supported(int backend);
-    int dw_select_backend(int backend);
-    int dw_current_backend(void);
-    int dw_backend_lanes(int backend);
-    """
-)
+ffibuilder.cdef(_declarations(HERE / "sha512chain.h"))
 ffibuilder.set_source(
     "native._sha512chain",
     '#include "sha512chain.h"',

@@ -25,7 +25,7 @@ test: venv
 
 bench: venv
 	$(PY) -m native.bench
-	$(PY) -m server.cluster bench
+	$(PY) -m server.benchmark --json .run/bench.json
 
 sanitize: venv
 	bash native/sanitize.sh

@@ -29,6 +29,7 @@ class FleetView:
     live: int = 0
     starting: int = 0
     busy: int = 0
+    foreign: int = 0  # the cluster's workers another server started: counted, not ours to scale
 
 
 class Autoscaler:
@@ -47,6 +48,8 @@ class Autoscaler:
         self.boot_s: float | None = None  # measured launch -> first report
         self.launching = 0  # launches in flight (counted as starting)
         self.unbooted: dict[str, float] = {}  # launched, not yet reported: id -> launched_at
+        self.booted: set[str] = set()  # ids that reported at least once
+        self.adopted: set[str] = set()  # found running at start: their boot time is not measured
         self.view = FleetView()
         self.wanted = 0
         self.stopping = False
@@ -64,13 +67,15 @@ class Autoscaler:
         fleet = await self.launcher.fleet()
         await self._reap_silent()
         await self._track_boots(fleet, now)
-        present = {wid: m for wid, m in fleet.items() if m.state is not MemberState.GONE}
+        present = {wid: m for wid, m in fleet.items() if m.state is not MemberState.GONE and m.owned}
+        foreign = sum(1 for m in fleet.values() if m.state is not MemberState.GONE and not m.owned)
         reporting = {w.worker_id: w for w in self.registry.seen_within(self.settings.worker_dead_s)}
         live = [wid for wid in present if wid in reporting]
         self.view = FleetView(
             live=len(live),
             starting=len([wid for wid in present if wid not in reporting]) + self.launching,
             busy=sum(1 for wid in live if reporting[wid].busy),
+            foreign=foreign,
         )
         obs = self.observe(now)
         self.wanted = policy.workers_wanted(obs, self.params)
@@ -112,7 +117,7 @@ class Autoscaler:
         except LaunchError as exc:
             self.guard.failed(exc, time.time())
             log.warning("launching %d worker(s) failed: %s", len(specs), exc)
-            started = []
+            started = list(getattr(exc, "started", []))  # a partial launch still started some
         except Exception as exc:  # noqa: BLE001 - a launcher bug must not kill scaling silently
             log.exception("launcher raised unexpectedly")
             self.guard.failed(LaunchError(str(exc), retryable=True), time.time())
@@ -125,15 +130,32 @@ class Autoscaler:
         launched_at = time.time()
         for worker_id in started:
             self.unbooted[worker_id] = launched_at
+            self.adopted.discard(worker_id)  # a reconciliation may have listed it mid-launch
 
     # -- boots and reaping -----------------------------------------------------------------
     async def _track_boots(self, fleet: dict, now: float) -> None:
+        for worker_id, member in fleet.items():
+            if member.state is MemberState.GONE:
+                self.booted.discard(worker_id)
+                self.adopted.discard(worker_id)
+                continue
+            # Adopted at start-up (launched by an earlier run of this server): the boot timeout
+            # counts from its launch, but a worker that already runs gets worker_dead_s to report.
+            if (member.owned and worker_id not in self.booted
+                    and worker_id not in self.unbooted and worker_id not in self.registry.workers):
+                grace_from = now - self.boot_timeout_s + self.settings.worker_dead_s
+                self.unbooted[worker_id] = max(member.launched_at, grace_from)
+                self.adopted.add(worker_id)
         for worker_id, launched_at in list(self.unbooted.items()):
             info = self.registry.workers.get(worker_id)
             member = fleet.get(worker_id)
             if info is not None:
                 del self.unbooted[worker_id]
+                self.booted.add(worker_id)
                 self.guard.booted(now)
+                if worker_id in self.adopted:
+                    self.adopted.discard(worker_id)
+                    continue
                 took = max(0.0, info.first_seen - launched_at)
                 self.boot_s = took if self.boot_s is None else (1 - BOOT_EWMA) * self.boot_s + BOOT_EWMA * took
             elif member is not None and member.state is MemberState.GONE:
@@ -169,6 +191,7 @@ class Autoscaler:
             "live": self.view.live,
             "starting": self.view.starting,
             "busy": self.view.busy,
+            "foreign": self.view.foreign,
             "max": self.settings.max_workers,
             "allowed": self.loans.allowed,
             "wanted": self.wanted,

@@ -2,6 +2,8 @@
 pull, look up and sync loans. Job bodies travel raw (see worker.protocol)."""
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from server.api import local_work, work_item
@@ -35,7 +37,8 @@ def own_seqs(node: Node, work_ids) -> dict[int, str]:
 async def lease(request: web.Request) -> web.StreamResponse:
     node = request.app[NODE]
     worker = worker_id(request)
-    max_jobs = int_param(request, "max", 1, node.settings.lease_batch_max)
+    # A worker may ask for more than this server hands out at once; it gets the server's maximum.
+    max_jobs = min(int_param(request, "max", 1, 1_000_000), node.settings.lease_batch_max)
     wait_s = float_param(request, "wait", 0.0, node.settings.long_poll_max_s, 0.0)
     node.registry.touch(worker)
     handed = await node.scheduler.lease(worker, max_jobs, wait_s)
@@ -47,10 +50,17 @@ async def lease(request: web.Request) -> web.StreamResponse:
     chunks = pack_lease(header, [body for _, body, _ in handed])
     response = web.StreamResponse(headers={"Content-Type": LEASE_CONTENT_TYPE})
     response.content_length = sum(len(c) for c in chunks)
-    await response.prepare(request)
-    for chunk in chunks:
-        await response.write(chunk)
-    await response.write_eof()
+    try:
+        if request.transport is None or request.transport.is_closing():
+            raise ConnectionResetError("worker went away during the long-poll")
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk)
+        await response.write_eof()
+    except (ConnectionError, asyncio.CancelledError):
+        # The worker never got these jobs: put them back now instead of when the lease expires.
+        await asyncio.shield(node.scheduler.release(worker, [job.seq for job, _, _ in handed]))
+        raise
     return response
 
 

@@ -10,7 +10,7 @@ import collections
 import dataclasses
 import heapq
 import logging
-import secrets
+import os
 import time
 from typing import Callable
 
@@ -111,7 +111,7 @@ class Scheduler:
         return max(0.0, (now or self.clock()) - self.queued[self._heap[0]].enqueued_at)
 
     async def enqueue(self, body: bytes, iterations: int) -> tuple[int, str]:
-        nonce = "".join(secrets.choice(NONCE_ALPHABET) for _ in range(6))
+        nonce = "".join(NONCE_ALPHABET[b & 31] for b in os.urandom(6))  # 32 symbols: 30 random bits
         now = self.clock()
         seq = await self.store.insert(nonce, iterations, body, now)
         self._push(Job(seq, iterations, len(body), now))

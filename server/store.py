@@ -77,6 +77,11 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self.commits = 0
+        # Leases and results need not survive a power loss: lost, the job is just computed again.
+        # Their commits skip the fsync (still safe against a process crash); a later durable
+        # commit syncs the whole log, so the order of what reaches the disk is kept.
+        self._relaxed = "NORMAL" if self.synchronous in ("FULL", "EXTRA") else self.synchronous
+        self._current_sync = self.synchronous
 
     # -- lifecycle -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -127,9 +132,13 @@ class Store:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
         outcomes: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+        sync = self.synchronous if any(durable for _, _, durable in batch) else self._relaxed
         try:
+            if sync != self._current_sync:
+                conn.execute(f"PRAGMA synchronous={sync}")
+                self._current_sync = sync
             conn.execute("BEGIN IMMEDIATE")
-            for fn, future in batch:
+            for fn, future, _ in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     outcomes.append((future, fn(conn), None))
@@ -147,16 +156,17 @@ class Store:
             except sqlite3.Error:
                 pass
             error = _as_store_error(exc)
-            outcomes = [(future, None, error) for _, future in batch]
-        for future, result, error in outcomes:
-            self._loop.call_soon_threadsafe(_resolve, future, result, error)
+            outcomes = [(future, None, error) for _, future, _ in batch]
+        # One wake-up of the event loop per group commit, not one per operation.
+        self._loop.call_soon_threadsafe(_resolve_all, outcomes)
 
-    async def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        """Run fn(conn) in the next group commit; returns once it is committed."""
+    async def run(self, fn: Callable[[sqlite3.Connection], Any], *, durable: bool = True) -> Any:
+        """Run fn(conn) in the next group commit; returns once it is committed (and, when
+        durable, synced to disk)."""
         if self._closed or self._thread is None:
             raise StoreError("store is closed")
         future = self._loop.create_future()
-        self._ops.put((fn, future))
+        self._ops.put((fn, future, durable))
         return await future
 
     # -- operations ------------------------------------------------------------------------
@@ -191,7 +201,7 @@ class Store:
                 if row is not None:
                     bodies.append((seq, bytes(row[0]), row[1]))
             return bodies
-        return await self.run(op)
+        return await self.run(op, durable=False)
 
     async def finish(self, outcomes: Iterable[tuple[int, bytes | None, str | None]], worker: str | None,
                      now: float) -> list[int]:
@@ -211,7 +221,7 @@ class Store:
                 if cur.rowcount:
                     done.append(seq)
             return done
-        return await self.run(op)
+        return await self.run(op, durable=False)
 
     async def requeue(self, seqs: Sequence[int], *, refund_attempt: bool = False) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -224,7 +234,7 @@ class Store:
         def op(conn: sqlite3.Connection) -> JobRow | None:
             row = conn.execute(f"SELECT {_ROW_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
             return _job_row(row) if row else None
-        return await self.run(op)
+        return await self.run(op, durable=False)
 
     async def pull(self, top: int) -> list[JobRow]:
         """Hand out up to `top` finished, undelivered jobs, newest first, and mark them delivered."""
@@ -234,25 +244,25 @@ class Store:
                 " ORDER BY completed_at DESC LIMIT ?", (top,)).fetchall()
             conn.executemany("UPDATE jobs SET delivered = 1 WHERE seq = ?", [(r[0],) for r in rows])
             return [_job_row(r) for r in rows]
-        return await self.run(op)
+        return await self.run(op)  # durable: a result handed out must stay handed out
 
     async def open_jobs(self) -> list[tuple[int, int, int, float, int, int]]:
         """(seq, iterations, size, enqueued_at, state, attempts) of every unfinished job, oldest first."""
         def op(conn: sqlite3.Connection) -> list:
             return conn.execute("SELECT seq, iterations, size, enqueued_at, state, attempts FROM jobs"
                                 " WHERE state < 2 ORDER BY seq").fetchall()
-        return await self.run(op)
+        return await self.run(op, durable=False)
 
     async def counts(self) -> dict[str, int]:
         def op(conn: sqlite3.Connection) -> dict[str, int]:
             rows = conn.execute("SELECT state, count(*) FROM jobs WHERE state >= 2 GROUP BY state").fetchall()
             return {STATE_NAMES[s]: n for s, n in rows}
-        return await self.run(op)
+        return await self.run(op, durable=False)
 
     async def expire_results(self, older_than: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute("DELETE FROM jobs WHERE state >= 2 AND completed_at < ?", (older_than,)).rowcount
-        return await self.run(op)
+        return await self.run(op, durable=False)
 
 
 def _job_row(row: tuple) -> JobRow:
@@ -266,6 +276,11 @@ def _as_store_error(exc: BaseException) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     return StoreError(f"{type(exc).__name__}: {exc}")
+
+
+def _resolve_all(outcomes: list) -> None:
+    for future, result, error in outcomes:
+        _resolve(future, result, error)
 
 
 def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

@@ -1,0 +1,107 @@
+"""Iterated SHA-512 in C: `out = sha512(body)`, then `iterations - 1` times `out = sha512(out)`.
+
+A thin wrapper over the cffi module `native._sha512chain`; every C call releases the GIL, so one
+thread per core gives real parallelism. `chain_many` runs independent chains side by side in SIMD
+lanes when the CPU has them (AVX-512: 16 lanes, AVX2: 4), else one after another.
+
+The backend is picked once at import: the best one the CPU supports, or the one named by
+`DYNWORK_HASH_BACKEND=scalar|avx2|avx512`. Naming a backend this CPU cannot run raises
+`ImportError` at import rather than silently running something else.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from native._sha512chain import ffi, lib
+
+__all__ = ["BACKENDS", "available_backends", "backend", "chain", "chain_many", "lanes"]
+
+BACKENDS = ("scalar", "avx2", "avx512")  # index = C backend id
+DIGEST_SIZE = 64
+ENV_BACKEND = "DYNWORK_HASH_BACKEND"
+_MAX_ITERATIONS = 2**64 - 1
+
+
+def available_backends() -> list[str]:
+    """The backends this CPU can run, slowest first."""
+    return [name for i, name in enumerate(BACKENDS) if lib.dw_backend_supported(i)]
+
+
+def backend() -> str:
+    """The backend `chain_many` uses."""
+    return BACKENDS[lib.dw_current_backend()]
+
+
+def lanes() -> int:
+    """How many chains the current backend computes side by side."""
+    return lib.dw_backend_lanes(lib.dw_current_backend())
+
+
+def _use_backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown hash backend {name!r}; expected one of {', '.join(BACKENDS)}")
+    if lib.dw_select_backend(BACKENDS.index(name)) != 0:
+        raise RuntimeError(
+            f"hash backend {name!r} is not supported by this CPU; available: "
+            f"{', '.join(available_backends())}"
+        )
+
+
+def _check_iterations(iterations: object) -> int:
+    if isinstance(iterations, bool) or not isinstance(iterations, int):
+        raise TypeError(f"iterations must be an int, not {type(iterations).__name__}")
+    if not 1 <= iterations <= _MAX_ITERATIONS:
+        raise ValueError(f"iterations must be between 1 and {_MAX_ITERATIONS}, got {iterations}")
+    return iterations
+
+
+def _buffer(data: object):
+    if isinstance(data, str):
+        raise TypeError("data must be bytes-like, not str")
+    try:
+        return ffi.from_buffer("uint8_t[]", data)
+    except TypeError:
+        raise TypeError(f"data must be bytes-like, not {type(data).__name__}") from None
+
+
+def chain(data: bytes, iterations: int) -> bytes:
+    """The 64-byte digest after `iterations` SHA-512 steps over `data` (scalar kernel)."""
+    _check_iterations(iterations)
+    buf = _buffer(data)
+    out = ffi.new("uint8_t[64]")
+    lib.dw_chain(buf, len(buf), iterations, out)
+    return ffi.buffer(out)[:]
+
+
+def chain_many(jobs: Sequence[tuple[bytes, int]]) -> list[bytes]:
+    """`chain` for every `(data, iterations)` job, computed together on the calling thread."""
+    n = len(jobs)
+    if n == 0:
+        return []
+    keep = []  # the from_buffer objects must outlive the C call
+    ptrs = ffi.new("const uint8_t *[]", n)
+    lens = ffi.new("size_t[]", n)
+    iters = ffi.new("uint64_t[]", n)
+    for i, job in enumerate(jobs):
+        try:
+            data, iterations = job
+        except (TypeError, ValueError):
+            raise TypeError(f"job {i} must be a (data, iterations) pair") from None
+        iters[i] = _check_iterations(iterations)
+        buf = _buffer(data)
+        keep.append(buf)
+        ptrs[i] = buf
+        lens[i] = len(buf)
+    out = ffi.new("uint8_t[]", DIGEST_SIZE * n)
+    lib.dw_chain_many(n, ptrs, lens, iters, out)
+    raw = ffi.buffer(out)
+    return [raw[DIGEST_SIZE * i : DIGEST_SIZE * (i + 1)] for i in range(n)]
+
+
+_forced = os.environ.get(ENV_BACKEND, "").strip().lower()
+if _forced:
+    try:
+        _use_backend(_forced)
+    except (ValueError, RuntimeError) as exc:
+        raise ImportError(f"{ENV_BACKEND}={_forced}: {exc}") from None

@@ -1,0 +1,64 @@
+/* Internal to native/: shared constants, the scalar primitives and the lane kernels' interface. */
+#ifndef DYNWORK_SHA512_IMPL_H
+#define DYNWORK_SHA512_IMPL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+extern const uint64_t dw_K[80];
+extern const uint64_t dw_IV[8];
+
+/* Padding of a 64-byte message in its single block: words 8..15. */
+#define DW_PAD8 0x8000000000000000ULL
+#define DW_LEN64 512ULL
+
+#define DW_ROTR(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+#define DW_BSIG0(x) (DW_ROTR(x, 28) ^ DW_ROTR(x, 34) ^ DW_ROTR(x, 39))
+#define DW_BSIG1(x) (DW_ROTR(x, 14) ^ DW_ROTR(x, 18) ^ DW_ROTR(x, 41))
+#define DW_SSIG0(x) (DW_ROTR(x, 1) ^ DW_ROTR(x, 8) ^ ((x) >> 7))
+#define DW_SSIG1(x) (DW_ROTR(x, 19) ^ DW_ROTR(x, 61) ^ ((x) >> 6))
+#define DW_CH(x, y, z) ((((y) ^ (z)) & (x)) ^ (z))
+#define DW_MAJ(x, y, z) (((x) & (y)) | ((z) & ((x) | (y))))
+
+static inline uint64_t dw_load_be64(const uint8_t *p)
+{
+    return ((uint64_t)p[0] << 56) | ((uint64_t)p[1] << 48) | ((uint64_t)p[2] << 40) |
+           ((uint64_t)p[3] << 32) | ((uint64_t)p[4] << 24) | ((uint64_t)p[5] << 16) |
+           ((uint64_t)p[6] << 8) | (uint64_t)p[7];
+}
+
+static inline void dw_store_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+/* Scalar pieces (sha512_scalar.c). */
+void dw_scalar_body(const uint8_t *data, size_t len, uint64_t st[8]);
+void dw_scalar_steps(uint64_t st[8], uint64_t steps);
+void dw_store_digest(const uint64_t st[8], uint8_t *out);
+
+/* Builds the final 1 or 2 padded blocks of a body of total length len whose last
+ * rem = len % 128 bytes are at tail; returns the number of blocks written to buf. */
+int dw_tail_blocks(const uint8_t *tail, size_t rem, size_t len, uint8_t buf[256]);
+
+/* A lane kernel works on L chains at once; words are laid out [word][lane].
+ * block: st += compress(st, w) for every lane (w: 16 message words per lane).
+ * chain: steps times, st = sha512 of the 64-byte message st, on every lane. */
+typedef struct {
+    int lanes;
+    void (*block)(uint64_t *st, const uint64_t *w);
+    void (*chain)(uint64_t *st, uint64_t steps);
+} dw_lane_kernel;
+
+/* The multi-buffer driver (sha512_lanes.c): keeps every lane busy while jobs remain. */
+void dw_lanes_run(const dw_lane_kernel *k, size_t n, const uint8_t *const *data,
+                  const size_t *lens, const uint64_t *iterations, uint8_t *out);
+
+#if 0 && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DW_X86 1
+extern const dw_lane_kernel dw_avx2_kernel;
+extern const dw_lane_kernel dw_avx512_kernel;
+#endif
+
+#endif

@@ -1,0 +1,32 @@
+/* Iterated SHA-512: out = sha512(body), then iterations-1 times out = sha512(out).
+ * The only header of native/: exactly the functions the cffi module exports. */
+#ifndef DYNWORK_SHA512CHAIN_H
+#define DYNWORK_SHA512CHAIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Backend ids, in order of preference. */
+#define DW_BACKEND_SCALAR 0
+#define DW_BACKEND_AVX2 1
+#define DW_BACKEND_AVX512 2
+
+/* Chain one body; writes the 64-byte digest to out. iterations >= 1. */
+void dw_chain(const uint8_t *data, size_t len, uint64_t iterations, uint8_t *out);
+
+/* Chain n independent jobs with the selected backend; out receives n * 64 bytes.
+ * Every iterations[i] >= 1. Single-threaded. */
+void dw_chain_many(size_t n, const uint8_t *const *data, const size_t *lens,
+                   const uint64_t *iterations, uint8_t *out);
+
+/* 1 when the CPU (and OS) can run the backend, else 0. */
+int dw_backend_supported(int backend);
+
+/* Selects the backend used by dw_chain_many; 0 on success, -1 when unsupported. */
+int dw_select_backend(int backend);
+
+/* The selected backend and how many chains it runs side by side. */
+int dw_current_backend(void);
+int dw_backend_lanes(int backend);
+
+#endif

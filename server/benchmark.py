@@ -1,0 +1,181 @@
+"""`python -m server.benchmark`: the whole system's throughput and latency, with a same-run baseline.
+
+It starts its own two servers (one warm local worker each) on free loopback ports with a
+throw-away state dir, so it never disturbs a cluster started by `make up`. The baseline is a
+bare aiohttp server answering PUT /enqueue with a constant id under the same client load: the
+machine's HTTP ceiling, measured in the same run, so the ratio survives a noisy machine.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from server import loadgen
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"benchmark: timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def get_json(url: str):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return json.loads(resp.read())
+    except OSError:
+        return None
+
+
+# -- baseline: a server that does nothing ---------------------------------------------------------
+
+def serve_null(port: int) -> None:
+    async def enqueue(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"work_id": "null.1.aaaaaa"})
+
+    app = web.Application()
+    app.router.add_put("/enqueue", enqueue)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+async def http_ceiling(url: str, requests: int, concurrency: int, body: bytes) -> float:
+    """PUT requests per second against `url` with the load generator's concurrency."""
+    counter = iter(range(requests))
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        for _ in counter:
+            async with session.put(url, data=body) as resp:
+                await resp.read()
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        return requests / (time.perf_counter() - start)
+
+
+# -- the system under test -------------------------------------------------------------------------
+
+class Cluster:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.token_file = base / "cluster.token"
+        self.token_file.write_text(secrets.token_urlsafe(32))
+        self.token_file.chmod(0o600)
+        self.ports = [free_port(), free_port()]
+        self.urls = [f"http://127.0.0.1:{p}" for p in self.ports]
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self) -> None:
+        for i, port in enumerate(self.ports):
+            argv = [sys.executable, "-m", "server", "--port", str(port), "--peer", self.urls[1 - i],
+                    "--state-dir", str(self.base / f"s{port}"), "--token-file", str(self.token_file),
+                    "--launcher", "local", "--min-workers", "1", "--max-workers", "1", "--log-level", "WARNING"]
+            log = open(self.base / f"s{port}.log", "ab")
+            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+        for url in self.urls:
+            wait_until(lambda: get_json(url + "/healthz"), 60, f"{url} to answer")
+            wait_until(lambda: (get_json(url + "/status") or {}).get("workers_reporting", 0) >= 1, 60,
+                       f"a warm worker on {url}")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server.benchmark", description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=20_000, help="jobs in the throughput run (default 20000)")
+    parser.add_argument("--latency-jobs", type=int, default=300, help="jobs in the latency run (default 300)")
+    parser.add_argument("--body-bytes", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--null-server", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.null_server:
+        serve_null(args.null_server)
+        return 0
+
+    body = os.urandom(args.body_bytes)
+    null_port = free_port()
+    null = subprocess.Popen([sys.executable, "-m", "server.benchmark", "--null-server", str(null_port)])
+    try:
+        wait_until(lambda: _listening(null_port), 30, "the baseline server")
+        ceiling = asyncio.run(http_ceiling(f"http://127.0.0.1:{null_port}/enqueue", args.jobs,
+                                           args.concurrency, body))
+    finally:
+        null.terminate()
+        null.wait()
+
+    with tempfile.TemporaryDirectory(prefix="dynwork-bench-") as tmp:
+        cluster = Cluster(Path(tmp))
+        try:
+            cluster.start()
+            servers = tuple(cluster.urls)
+            through = asyncio.run(loadgen.run(loadgen.BenchConfig(
+                servers, jobs=args.jobs, iterations=1, body_bytes=args.body_bytes,
+                concurrency=args.concurrency, verify=True)))
+            latency = asyncio.run(loadgen.run(loadgen.BenchConfig(
+                servers, jobs=args.latency_jobs, iterations=1, body_bytes=args.body_bytes, warmup=20,
+                verify=True), latency=True))
+        finally:
+            cluster.stop()
+
+    lat = loadgen.latency_summary(latency.latencies_s)
+    e2e = loadgen.latency_summary(through.latencies_s)
+    figures = {
+        "baseline_null_http_put_per_s": round(ceiling),
+        "jobs_per_s": round(through.jobs_per_s),
+        "ratio_to_baseline": round(through.jobs_per_s / ceiling, 3),
+        "throughput_ok": through.ok,
+        "throughput_latency_ms": {k: round(v, 2) for k, v in e2e.items()},
+        "warm_latency_ms": {k: round(v, 2) for k, v in lat.items()},
+        "latency_ok": latency.ok,
+    }
+    print(f"baseline: bare aiohttp PUT /enqueue        {ceiling:10.0f} req/s")
+    print(f"dynwork: enqueue -> pullCompleted, 2 servers {through.jobs_per_s:10.0f} jobs/s "
+          f"({through.jobs_per_s / ceiling:.2f}x baseline; {through.completed}/{args.jobs} ok={through.ok})")
+    print(f"warm 1-iteration job, enqueue -> result:     p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms "
+          f"({latency.completed} jobs, ok={latency.ok})")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0 if through.ok and latency.ok else 1
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+import pytest
+
+from tests.cluster import Cluster
+
+
+@pytest.fixture
+def make_cluster(tmp_path):
+    """Factory: make_cluster(**server_settings) -> a started Cluster of two peer servers."""
+    made: list[Cluster] = []
+
+    def make(**settings) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(made)}", **settings)
+        made.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in made:
+        cluster.close()
+
+
+@pytest.fixture
+def cluster(make_cluster):
+    """Two peer servers without autoscaling; tests start the workers they need."""
+    return make_cluster(launcher="none")
+
+
+@pytest.fixture(scope="module")
+def shared_cluster(tmp_path_factory):
+    """One cluster for a module's read-only checks (bad input, auth): they change nothing visible."""
+    cluster = Cluster(tmp_path_factory.mktemp("shared"), launcher="none").start()
+    yield cluster
+    cluster.close()

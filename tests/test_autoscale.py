@@ -1,0 +1,74 @@
+"""Autoscaling with the local launcher: launch up to max, borrow the peer's quota, scale to zero."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import reference, wait_for
+
+pytestmark = pytest.mark.slow
+
+SCALING = dict(launcher="local", max_workers=2, worker_threads=1, worker_idle_s=3, scale_up_wait_s=0.2,
+               target_drain_s=1, scale_interval_s=0.2)
+
+
+def fleet(server) -> int:
+    workers = server.status()["workers"]
+    return workers["live"] + workers["starting"]
+
+
+def test_backlog_launches_up_to_max_borrows_quota_and_scales_to_zero(make_cluster):
+    c = make_cluster(**SCALING)
+    jobs = {c.a.enqueue(b"burst %d" % i, 2_000_000): b"burst %d" % i for i in range(16)}
+    # A server at its maximum with a backlog borrows the idle peer's quota.
+    wait_for(lambda: fleet(c.a) > 2, 60, "server a to grow past its own max_workers by borrowing")
+    sizes = []
+
+    def all_done():
+        sizes.append(fleet(c.a) + fleet(c.b))
+        status = c.a.status()
+        assert status["workers"]["allowed"] <= 4
+        return status["completed"] == len(jobs)
+    wait_for(all_done, 180, "the burst to complete", interval=0.2)
+    assert max(sizes) <= 4  # the two maxima together are never exceeded
+    assert c.a.status()["loans"]["borrowed"] > 0 or max(sizes) > 2
+    for work_id, body in jobs.items():
+        assert c.a.work(work_id).json()["result"] == reference(body, 2_000_000)
+    # Idle workers exit on their own; loans are returned.
+    wait_for(lambda: fleet(c.a) == 0 and fleet(c.b) == 0, 60, "the fleet to scale to zero")
+    wait_for(lambda: c.a.status()["loans"]["borrowed"] == 0 and c.b.status()["loans"]["lent"] == 0, 30,
+             "loans to be returned")
+
+
+def test_a_single_waiting_job_gets_a_worker_quickly(make_cluster):
+    c = make_cluster(**SCALING)
+    work_id = c.b.enqueue(b"lonely", 1)
+    item = wait_for(lambda: (w := c.b.work(work_id, wait=5).json())["status"] == "completed" and w, 60,
+                    "the job to complete")
+    assert item["result"] == reference(b"lonely", 1)
+    # The boot time (launch to first report) is measured for the policy.
+    wait_for(lambda: c.b.status()["workers"]["boot_s"] is not None, 10, "boot time to be measured")
+
+
+def worker_pids(server) -> list[int]:
+    """Processes of workers this server launched (their ids start with the server's name)."""
+    marker = f"--worker-id\0{server.name}-w".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def test_server_sigterm_drains_and_stops_its_workers(make_cluster):
+    c = make_cluster(**{**SCALING, "worker_idle_s": 60})
+    c.a.enqueue(b"x", 1)
+    wait_for(lambda: c.a.status()["completed"] == 1, 60, "a worker to run the job")
+    assert worker_pids(c.a)
+    assert c.a.stop(timeout=90) == 0
+    assert worker_pids(c.a) == []

@@ -1,0 +1,37 @@
+"""`python -m worker`: lease jobs from the servers and hash them (see --help)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from worker.config import load_settings
+from worker.settings import SettingsError, read_token
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+        token = read_token(settings.token_file)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
+    import native  # imported late: --help works without the compiled module
+    from worker.runner import Worker
+
+    worker = Worker(settings, token, hasher=native.chain_many, lanes=native.lanes())
+    return asyncio.run(_run(worker))
+
+
+async def _run(worker) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, worker.stop, f"signal {sig.name}")
+    return await worker.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,332 @@
+"""The worker: lease from both servers (own first), hash in one thread per core, report in batches.
+
+Event-loop tasks do all I/O; hashing runs in a thread pool through `native.chain_many`, which
+releases the GIL. Every job is in exactly one place: pending (leased, not started), running,
+or done (digest waiting to be reported), and heartbeats cover the first two.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import math
+import random
+import time
+from typing import Callable, Sequence
+
+import aiohttp
+
+from server.policy import job_cost
+from worker.client import LeasedJob, Rejected, ServerClient, Unavailable
+from worker.config import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+RATE_EWMA = 0.3
+MAX_HELD = 2048  # never hold more jobs than this, however fast they go
+HEARTBEAT_MAX_S = 5.0  # well inside the server's worker_dead_s (15 s by default)
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
+FLUSH_ATTEMPTS_ON_EXIT = 5
+
+Hasher = Callable[[Sequence[tuple[bytes, int]]], list[bytes]]
+
+
+class Fatal(Exception):
+    """The worker cannot go on (a server rejects its credentials)."""
+
+
+class Backoff:
+    def __init__(self) -> None:
+        self.delay = 0.0
+
+    def reset(self) -> None:
+        self.delay = 0.0
+
+    async def sleep(self) -> None:
+        self.delay = min(BACKOFF_MAX_S, max(BACKOFF_MIN_S, self.delay * 2))
+        await asyncio.sleep(self.delay * random.uniform(0.5, 1.0))
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings, token: str, *, hasher: Hasher, lanes: int = 1) -> None:
+        self.settings = settings
+        self.token = token
+        self.hasher = hasher
+        self.threads = settings.compute_threads
+        self.min_held = self.threads * max(1, lanes) * 2
+        self.pending: collections.deque[LeasedJob] = collections.deque()
+        self.running: dict[str, LeasedJob] = {}
+        self.done: dict[str, list[tuple[str, str]]] = {url: [] for url in settings.servers}
+        self.failed: dict[str, list[tuple[str, str]]] = {url: [] for url in settings.servers}
+        self.jobs_per_s = 0.0  # measured over busy time, all threads
+        self.cost_per_s = 0.0  # the same in policy cost units (what the server's autoscaler plans with)
+        self.last_work = time.monotonic()
+        self.completed = 0
+        self.lease_s = 30.0  # the shortest lease a server has announced
+        self.stopping = asyncio.Event()
+        self.exit_code = 0
+        self._work_ready = asyncio.Event()
+        self._room = asyncio.Event()
+        self._heartbeat_due = asyncio.Event()
+        self._own_idle = asyncio.Event()  # clear while the own server's last lease brought work
+        self._own_idle.set()
+        self._flush_wanted = {url: asyncio.Event() for url in settings.servers}
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="hash")
+        self.clients: list[ServerClient] = []
+
+    # -- sizes -----------------------------------------------------------------------------
+    @property
+    def held(self) -> int:
+        return len(self.pending) + len(self.running)
+
+    def target_held(self) -> int:
+        """Enough to keep every lane busy for two batches, not so much that others starve."""
+        want = math.ceil(self.jobs_per_s * self.settings.batch_s * 2)
+        return min(MAX_HELD, max(self.min_held, want))
+
+    def stats(self) -> dict:
+        return {"rate": round(self.cost_per_s, 1), "jobs_per_s": round(self.jobs_per_s, 1),
+                "busy": self.held > 0, "held": self.held, "threads": self.threads}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def run(self) -> int:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            self.clients = [ServerClient(url, self.token, self.settings.identity, session)
+                            for url in self.settings.servers]
+            log.info("worker %s: %d thread(s), servers %s", self.settings.identity, self.threads,
+                     ", ".join(self.settings.servers))
+            leasers = [asyncio.create_task(self._lease_loop(c, own=i == 0), name=f"lease-{i}")
+                       for i, c in enumerate(self.clients)]
+            others = [asyncio.create_task(self._compute_loop(), name=f"compute-{i}") for i in range(self.threads)]
+            others += [asyncio.create_task(self._flush_loop(c), name=f"flush-{c.url}") for c in self.clients]
+            others.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+            others.append(asyncio.create_task(self._idle_watch(), name="idle"))
+            tasks = leasers + others
+            for task in tasks:
+                task.add_done_callback(self._task_done)
+            await self.stopping.wait()
+            await self._drain(leasers, others)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        return self.exit_code
+
+    def stop(self, reason: str) -> None:
+        if not self.stopping.is_set():
+            log.info("stopping: %s", reason)
+            self.stopping.set()
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        if isinstance(exc, Fatal):
+            log.error("%s", exc)
+        else:
+            log.error("task %s died", task.get_name(), exc_info=exc)
+        self.exit_code = 1
+        self.stop("a worker task failed")
+
+    async def _drain(self, leasers: list[asyncio.Task], others: list[asyncio.Task]) -> None:
+        """Stop leasing, hand back what has not started, finish what has, report everything."""
+        for task in leasers:
+            task.cancel()
+        await asyncio.gather(*leasers, return_exceptions=True)
+        unstarted = list(self.pending)
+        self.pending.clear()
+        await self._release(unstarted)
+        self._work_ready.set()  # compute loops see no work and stopping: they return
+        compute = [t for t in others if t.get_name().startswith("compute")]
+        _, still_running = await asyncio.wait(compute, timeout=self.settings.drain_timeout_s) if compute else ((), ())
+        if still_running:
+            log.warning("%d job(s) still running after %.0fs; releasing them", len(self.running),
+                        self.settings.drain_timeout_s)
+            await self._release(list(self.running.values()))
+        for task in others:
+            if task.get_name().startswith(("flush", "heartbeat", "idle")):
+                task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        for client in self.clients:
+            await self._flush(client, attempts=FLUSH_ATTEMPTS_ON_EXIT)
+        log.info("drained: %d job(s) completed in this run", self.completed)
+
+    async def _release(self, jobs: list[LeasedJob]) -> None:
+        for client in self.clients:
+            ids = [j.work_id for j in jobs if j.server == client.url]
+            if ids:
+                try:
+                    await client.release(ids, self.stats())
+                except (Unavailable, Rejected) as exc:
+                    log.warning("could not release %d job(s) to %s (their leases will expire): %s",
+                                len(ids), client.url, exc)
+
+    # -- leasing ---------------------------------------------------------------------------
+    async def _lease_loop(self, client: ServerClient, *, own: bool) -> None:
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            room = self.target_held() - self.held
+            if room <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            if not own and not self._own_idle.is_set():
+                await self._own_idle.wait()  # the own server's work comes first
+                continue
+            try:
+                lease_s, jobs = await client.lease(room, self.settings.lease_wait_s)
+            except Unavailable as exc:
+                if own:
+                    self._own_idle.set()  # let the peer's work flow while ours is unreachable
+                log.debug("lease from %s failed: %s", client.url, exc)
+                await backoff.sleep()
+                continue
+            except Rejected as exc:
+                if exc.status in (401, 403):
+                    raise Fatal(f"{client.url} rejected this worker: {exc}") from None
+                log.error("lease from %s refused: %s", client.url, exc)
+                await backoff.sleep()
+                continue
+            backoff.reset()
+            if lease_s < self.lease_s:
+                self.lease_s = lease_s
+                self._heartbeat_due.set()  # the current sleep may be longer than this lease
+            if own:
+                if jobs:
+                    self._own_idle.clear()
+                else:
+                    self._own_idle.set()
+            if jobs:
+                self.pending.extend(jobs)
+                self.last_work = time.monotonic()
+                self._work_ready.set()
+
+    # -- hashing ---------------------------------------------------------------------------
+    def _take_batch(self) -> list[LeasedJob]:
+        """Enough jobs for about batch_s of one thread, and at least one job per lane."""
+        budget = self.cost_per_s / self.threads * self.settings.batch_s if self.cost_per_s else 0
+        batch, cost = [], 0
+        per_thread_min = max(1, self.min_held // (2 * self.threads))
+        while self.pending and (len(batch) < per_thread_min or cost < budget):
+            job = self.pending.popleft()
+            batch.append(job)
+            cost += job_cost(job.iterations, len(job.body))
+        return batch
+
+    async def _compute_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.pending:
+                if self.stopping.is_set():
+                    return
+                self._work_ready.clear()
+                await self._work_ready.wait()
+                continue
+            batch = self._take_batch()
+            for job in batch:
+                self.running[job.work_id] = job
+            self._room.set()
+            started = time.monotonic()
+            try:
+                digests = await loop.run_in_executor(self._pool, self.hasher,
+                                                     [(j.body, j.iterations) for j in batch])
+            except Exception as exc:  # noqa: BLE001 - reported per job; the server retries or fails it
+                log.exception("hashing a batch of %d failed", len(batch))
+                for job in batch:
+                    self.failed[job.server].append((job.work_id, f"{type(exc).__name__}: {exc}"))
+            else:
+                self._measure(batch, time.monotonic() - started)
+                for job, digest in zip(batch, digests):
+                    self.done[job.server].append((job.work_id, digest.hex()))
+            for job in batch:
+                self.running.pop(job.work_id, None)
+                self._flush_wanted[job.server].set()
+            self.last_work = time.monotonic()
+            self._room.set()
+
+    def _measure(self, batch: list[LeasedJob], elapsed: float) -> None:
+        elapsed = max(elapsed, 1e-6)
+        # One thread ran this batch; the worker as a whole goes `threads` times as fast.
+        jobs_rate = len(batch) / elapsed * self.threads
+        cost_rate = sum(job_cost(j.iterations, len(j.body)) for j in batch) / elapsed * self.threads
+        if self.jobs_per_s == 0.0:
+            self.jobs_per_s, self.cost_per_s = jobs_rate, cost_rate
+        else:
+            self.jobs_per_s += RATE_EWMA * (jobs_rate - self.jobs_per_s)
+            self.cost_per_s += RATE_EWMA * (cost_rate - self.cost_per_s)
+
+    # -- reporting -------------------------------------------------------------------------
+    async def _flush_loop(self, client: ServerClient) -> None:
+        wanted = self._flush_wanted[client.url]
+        backoff = Backoff()
+        while True:
+            await wanted.wait()
+            wanted.clear()
+            if await self._flush(client, attempts=1):
+                backoff.reset()
+            else:
+                wanted.set()
+                await backoff.sleep()
+
+    async def _flush(self, client: ServerClient, *, attempts: int) -> bool:
+        """Report everything done for this server; True when nothing is left to report."""
+        for attempt in range(attempts):
+            results, failures = self.done[client.url], self.failed[client.url]
+            if not results and not failures:
+                return True
+            self.done[client.url], self.failed[client.url] = [], []
+            try:
+                await client.complete(results, failures, self.stats())
+                self.completed += len(results)
+                continue
+            except Rejected as exc:
+                # The server refused the batch itself; resending it cannot help.
+                log.error("%s refused %d result(s): %s", client.url, len(results) + len(failures), exc)
+                continue
+            except Unavailable as exc:
+                log.warning("reporting to %s failed (will retry): %s", client.url, exc)
+                self.done[client.url][:0] = results
+                self.failed[client.url][:0] = failures
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** attempt))
+        return not self.done[client.url] and not self.failed[client.url]
+
+    async def _heartbeat_loop(self) -> None:
+        """Extend held leases and tell the own server this worker is alive (even when idle)."""
+        while True:
+            for i, client in enumerate(self.clients):
+                held = [j.work_id for j in (*self.pending, *self.running.values()) if j.server == client.url]
+                if not held and i > 0:
+                    continue
+                try:
+                    lost = set(await client.heartbeat(held, self.stats()))
+                except Unavailable as exc:
+                    log.debug("heartbeat to %s failed: %s", client.url, exc)
+                    continue
+                except Rejected as exc:
+                    if exc.status in (401, 403):
+                        raise Fatal(f"{client.url} rejected this worker: {exc}") from None
+                    log.error("heartbeat to %s refused: %s", client.url, exc)
+                    continue
+                if lost:
+                    # Someone else has these now; do not start them (running ones still report).
+                    self.pending = collections.deque(j for j in self.pending if j.work_id not in lost)
+                    log.info("%d lease(s) on %s were lost", len(lost), client.url)
+            self._heartbeat_due.clear()
+            try:
+                await asyncio.wait_for(self._heartbeat_due.wait(), self._heartbeat_interval())
+            except asyncio.TimeoutError:
+                pass
+
+    def _heartbeat_interval(self) -> float:
+        return min(HEARTBEAT_MAX_S, self.lease_s / 3)
+
+    async def _idle_watch(self) -> None:
+        idle_s = self.settings.idle_exit_s
+        if idle_s <= 0:
+            return
+        while True:
+            quiet = time.monotonic() - self.last_work
+            if self.held == 0 and quiet >= idle_s:
+                self.stop(f"no work for {idle_s:g}s")
+                return
+            await asyncio.sleep(max(0.1, min(1.0, idle_s - quiet)))

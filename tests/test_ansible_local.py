@@ -87,3 +87,42 @@ def test_site_starts_two_verified_peers_then_changes_nothing_then_tears_down(loc
     for port in ports:
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers after teardown"
+
+
+def test_aws_server_config_template_is_what_the_server_loads(tmp_path):
+    """The server.toml an AWS server gets parses with the server's own loader, mode 0600."""
+    from server.config import load_settings
+
+    dest = tmp_path / "server.toml"
+    variables = {
+        "server_host": "0.0.0.0", "server_port": "8001", "server_name": "s1",
+        "server_public_url": "http://10.0.0.5:8001", "server_peer": "http://10.0.0.6:8001",
+        "server_state_dir": "/var/lib/dynwork", "server_token_file": "/etc/dynwork/cluster.token",
+        "server_launcher": "ec2", "server_max_workers": 5, "server_launch_template": "dynwork-worker",
+        "server_cluster": "dynwork", "server_aws_region": "eu-west-1",
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "DYNWORK_"))}
+    result = subprocess.run(
+        [str(BIN / "ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.template",
+         "-a", json.dumps({"src": str(ROOT / "roles/server/templates/etc/dynwork/server.toml.j2"),
+                           "dest": str(dest), "mode": "0600"}),
+         "-e", json.dumps(variables)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, explain(result)
+    assert dest.stat().st_mode & 0o777 == 0o600
+    settings = load_settings(["--config", str(dest)], environ={})
+    assert (settings.host, settings.port, settings.server_name) == ("0.0.0.0", 8001, "s1")
+    assert (settings.peer, settings.url) == ("http://10.0.0.6:8001", "http://10.0.0.5:8001")
+    assert (settings.launcher, settings.launch_template, settings.cluster) == ("ec2", "dynwork-worker", "dynwork")
+    assert str(settings.token_file) == "/etc/dynwork/cluster.token" and settings.aws_region == "eu-west-1"
+
+
+def test_worker_image_unit_runs_bootstrap_and_powers_off_after():
+    unit = (ROOT / "roles/worker/templates/etc/systemd/system/dynwork-worker.service.j2").read_text()
+    defaults = (ROOT / "roles/worker/defaults/main.yml").read_text()
+    assert unit.startswith("# {{ ansible_managed }}")
+    assert "ExecStart={{ worker_venv }}/bin/python -m worker.bootstrap" in unit
+    assert "worker_venv: /opt/dynwork/.venv" in defaults
+    assert "ExecStopPost=+{{ worker_poweroff_command }}" in unit and "systemctl poweroff" in defaults
+    # bootstrap writes the token under /run/dynwork, the unit's runtime directory
+    assert "RuntimeDirectory=dynwork" in unit

@@ -52,12 +52,12 @@ def aws(moto_url):
     return {name: client(name) for name in ("ec2", "iam")}
 
 
-def run_playbook(moto_url: str, *args: str) -> subprocess.CompletedProcess:
+def run_playbook(moto_url: str, *args: str, tool: Path = ANSIBLE_PLAYBOOK) -> subprocess.CompletedProcess:
     """ansible-playbook with exactly the environment the issue names, and nothing of ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DYNWORK_", "ANSIBLE_"))}
     env.update(AWS_ENDPOINT_URL=moto_url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
                AWS_DEFAULT_REGION="us-east-1")
-    return subprocess.run([str(ANSIBLE_PLAYBOOK), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run([str(tool), *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT_S)
 
 
@@ -185,6 +185,28 @@ def test_key_pair_and_cluster_token(deployed, aws):
     assert token.stat().st_mode & 0o777 == 0o600
     assert len(token.read_text().strip()) >= 32
     assert "*.token" in (ROOT / ".gitignore").read_text() and ".secrets/" in (ROOT / ".gitignore").read_text()
+
+
+def test_inventory_gives_each_server_its_peer_and_a_loadable_config(deployed, moto_url, aws, tmp_path):
+    """The SSH plays are skipped offline, but the config they would write can be rendered here:
+    the aws_ec2 inventory finds s1 and s2 by tag and group_vars give each the other as peer."""
+    from server.config import load_settings
+
+    result = run_playbook(
+        moto_url, "-i", "inventory/aws", "dynwork_servers", "-c", "local",
+        "-e", f"ansible_python_interpreter={sys.executable}", "-e", "server_max_workers=5",
+        "-m", "ansible.builtin.template",
+        "-a", f"src=roles/server/templates/etc/dynwork/server.toml.j2 dest={tmp_path}/{{{{ inventory_hostname }}}}.toml",
+        tool=ANSIBLE_PLAYBOOK.parent / "ansible")
+    assert result.returncode == 0, explain(result)
+    private = {tags(i)["dynwork:server"]: i["PrivateIpAddress"] for i in cluster_instances(aws["ec2"])}
+    for name, other in (("s1", "s2"), ("s2", "s1")):
+        settings = load_settings(["--config", str(tmp_path / f"{name}.toml")], environ={})
+        assert settings.server_name == name
+        assert settings.url == f"http://{private[name]}:8001"
+        assert settings.peer == f"http://{private[other]}:8001"
+        assert (settings.launcher, settings.launch_template, settings.cluster) == ("ec2", f"{CLUSTER}-worker", CLUSTER)
+        assert str(settings.token_file) == "/etc/dynwork/cluster.token" and settings.aws_region == "us-east-1"
 
 
 def test_second_run_changes_nothing(deployed, moto_url, aws):

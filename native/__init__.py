@@ -4,9 +4,11 @@ A thin wrapper over the cffi module `native._sha512chain`; every C call releases
 thread per core gives real parallelism. `chain_many` runs independent chains side by side in SIMD
 lanes when the CPU has them (AVX-512: 16 lanes, AVX2: 4), else one after another.
 
-The backend is picked once at import: the best one the CPU supports, or the one named by
-`DYNWORK_HASH_BACKEND=scalar|avx2|avx512`. Naming a backend this CPU cannot run raises
-`ImportError` at import rather than silently running something else.
+The backend is picked once at import: the best one the CPU supports whose kernel passes a quick
+known-answer self-test, or the one named by `DYNWORK_HASH_BACKEND=scalar|avx2|avx512` (for tests
+and benchmarks). Naming a backend this CPU cannot run raises `ImportError` at import rather than
+silently running something else, so `backend()` always tells the truth. `chain` always uses the
+scalar kernel: one chain cannot fill vector lanes.
 """
 from __future__ import annotations
 
@@ -39,13 +41,19 @@ def lanes() -> int:
 
 
 def _use_backend(name: str) -> None:
+    """Switches `chain_many` to the named backend (tests and benchmarks; not thread-safe)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown hash backend {name!r}; expected one of {', '.join(BACKENDS)}")
-    if lib.dw_select_backend(BACKENDS.index(name)) != 0:
-        raise RuntimeError(
-            f"hash backend {name!r} is not supported by this CPU; available: "
-            f"{', '.join(available_backends())}"
-        )
+    status = lib.dw_select_backend(BACKENDS.index(name))
+    if status == -1:
+        reason = "is not supported by this CPU (or build)"
+    elif status == -2:
+        reason = "failed its known-answer self-test on this CPU"
+    else:
+        return
+    raise RuntimeError(
+        f"hash backend {name!r} {reason}; available: {', '.join(available_backends())}"
+    )
 
 
 def _check_iterations(iterations: object) -> int:
@@ -99,9 +107,15 @@ def chain_many(jobs: Sequence[tuple[bytes, int]]) -> list[bytes]:
     return [raw[DIGEST_SIZE * i : DIGEST_SIZE * (i + 1)] for i in range(n)]
 
 
-_forced = os.environ.get(ENV_BACKEND, "").strip().lower()
-if _forced:
+def _select_at_import() -> None:
+    forced = os.environ.get(ENV_BACKEND, "").strip().lower()
+    if not forced:
+        lib.dw_current_backend()  # pick (and self-test) the best kernel now, not mid-run
+        return
     try:
-        _use_backend(_forced)
+        _use_backend(forced)
     except (ValueError, RuntimeError) as exc:
-        raise ImportError(f"{ENV_BACKEND}={_forced}: {exc}") from None
+        raise ImportError(f"{ENV_BACKEND}={forced}: {exc}") from None
+
+
+_select_at_import()

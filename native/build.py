@@ -10,7 +10,7 @@ import pathlib
 from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
-SOURCES = ["sha512chain.c", "sha512_scalar.c"]
+SOURCES = ["sha512chain.c", "sha512_scalar.c", "sha512_lanes.c", "sha512_avx2.c", "sha512_avx512.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef(
@@ -18,6 +18,7 @@ ffibuilder.cdef(
     void dw_chain(const uint8_t *data, size_t len, uint64_t iterations, uint8_t *out);
     void dw_chain_many(size_t n, const uint8_t *const *data, const size_t *lens,
                        const uint64_t *iterations, uint8_t *out);
+    int dw_backend_status(int backend);
     int dw_backend_supported(int backend);
     int dw_select_backend(int backend);
     int dw_current_backend(void);

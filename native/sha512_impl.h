@@ -44,9 +44,12 @@ int dw_tail_blocks(const uint8_t *tail, size_t rem, size_t len, uint8_t buf[256]
 
 /* A lane kernel works on L chains at once; words are laid out [word][lane].
  * block: st += compress(st, w) for every lane (w: 16 message words per lane).
- * chain: steps times, st = sha512 of the 64-byte message st, on every lane. */
+ * chain: steps times, st = sha512 of the 64-byte message st, on every lane.
+ * scalar_below: once no jobs are left and at most this many lanes are busy, the driver finishes
+ * them with the scalar kernel, which is faster than a mostly empty vector. */
 typedef struct {
     int lanes;
+    int scalar_below;
     void (*block)(uint64_t *st, const uint64_t *w);
     void (*chain)(uint64_t *st, uint64_t steps);
 } dw_lane_kernel;
@@ -55,7 +58,8 @@ typedef struct {
 void dw_lanes_run(const dw_lane_kernel *k, size_t n, const uint8_t *const *data,
                   const size_t *lens, const uint64_t *iterations, uint8_t *out);
 
-#if 0 && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* DW_NO_SIMD builds the portable code only, as on non-x86 machines. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(DW_NO_SIMD)
 #define DW_X86 1
 extern const dw_lane_kernel dw_avx2_kernel;
 extern const dw_lane_kernel dw_avx512_kernel;

@@ -31,12 +31,16 @@ const uint64_t dw_IV[8] = {
     0x510e527fade682d1ULL, 0x9b05688c2b3e6c1fULL, 0x1f83d9abfb41bd6bULL, 0x5be0cd19137e2179ULL,
 };
 
-/* One round; the caller rotates the roles of a..h instead of moving values. */
-#define ROUND(a, b, c, d, e, f, g, h, i)                                                \
+/* One round; the caller rotates the roles of a..h instead of moving values. h takes K + W
+ * first, off the critical path through e. Maj(a,b,c) = ((a^b) & (b^c)) ^ b, and this round's
+ * a^b is the next round's b^c: ab and bc alternate between two variables. */
+#define ROUND(a, b, c, d, e, f, g, h, i, ab, bc)                                        \
     do {                                                                                \
-        uint64_t t1_ = (h) + DW_BSIG1(e) + DW_CH(e, f, g) + dw_K[i] + W_AT(i);          \
-        (d) += t1_;                                                                     \
-        (h) = t1_ + DW_BSIG0(a) + DW_MAJ(a, b, c);                                      \
+        (h) += dw_K[i] + W_AT(i);                                                       \
+        (h) += DW_BSIG1(e) + DW_CH(e, f, g);                                            \
+        (d) += (h);                                                                     \
+        (ab) = (a) ^ (b);                                                               \
+        (h) += DW_BSIG0(a) + (((ab) & (bc)) ^ (b));                                     \
     } while (0)
 
 /* Message word i; from round 16 on it is expanded in place in a 16-word ring. */
@@ -46,36 +50,19 @@ const uint64_t dw_IV[8] = {
                               DW_SSIG0(w[((i)-15) & 15])))
 
 #define ROUNDS8(i)                                                                      \
-    ROUND(a, b, c, d, e, f, g, h, (i) + 0);                                             \
-    ROUND(h, a, b, c, d, e, f, g, (i) + 1);                                             \
-    ROUND(g, h, a, b, c, d, e, f, (i) + 2);                                             \
-    ROUND(f, g, h, a, b, c, d, e, (i) + 3);                                             \
-    ROUND(e, f, g, h, a, b, c, d, (i) + 4);                                             \
-    ROUND(d, e, f, g, h, a, b, c, (i) + 5);                                             \
-    ROUND(c, d, e, f, g, h, a, b, (i) + 6);                                             \
-    ROUND(b, c, d, e, f, g, h, a, (i) + 7)
+    ROUND(a, b, c, d, e, f, g, h, (i) + 0, x_, y_);                                     \
+    ROUND(h, a, b, c, d, e, f, g, (i) + 1, y_, x_);                                     \
+    ROUND(g, h, a, b, c, d, e, f, (i) + 2, x_, y_);                                     \
+    ROUND(f, g, h, a, b, c, d, e, (i) + 3, y_, x_);                                     \
+    ROUND(e, f, g, h, a, b, c, d, (i) + 4, x_, y_);                                     \
+    ROUND(d, e, f, g, h, a, b, c, (i) + 5, y_, x_);                                     \
+    ROUND(c, d, e, f, g, h, a, b, (i) + 6, x_, y_);                                     \
+    ROUND(b, c, d, e, f, g, h, a, (i) + 7, y_, x_)
 
 #define ROUNDS80                                                                        \
+    uint64_t x_, y_ = b ^ c;                                                            \
     ROUNDS8(0); ROUNDS8(8); ROUNDS8(16); ROUNDS8(24); ROUNDS8(32);                      \
     ROUNDS8(40); ROUNDS8(48); ROUNDS8(56); ROUNDS8(64); ROUNDS8(72)
-
-/* st += compress(st, w); w is clobbered. */
-static inline void compress(uint64_t st[8], uint64_t w[16])
-{
-    uint64_t a = st[0], b = st[1], c = st[2], d = st[3];
-    uint64_t e = st[4], f = st[5], g = st[6], h = st[7];
-    ROUNDS80;
-    st[0] += a; st[1] += b; st[2] += c; st[3] += d;
-    st[4] += e; st[5] += f; st[6] += g; st[7] += h;
-}
-
-static void compress_bytes(uint64_t st[8], const uint8_t *block)
-{
-    uint64_t w[16];
-    for (int i = 0; i < 16; i++)
-        w[i] = dw_load_be64(block + 8 * i);
-    compress(st, w);
-}
 
 int dw_tail_blocks(const uint8_t *tail, size_t rem, size_t len, uint8_t buf[256])
 {
@@ -91,34 +78,107 @@ int dw_tail_blocks(const uint8_t *tail, size_t rem, size_t len, uint8_t buf[256]
     return blocks;
 }
 
+/* The kernels below are compiled twice: portable, and with BMI2 (rorx, a rotate that keeps its
+ * source, and andn) for x86 CPUs that have it; callers pick one at run time. */
+#define DEFINE_KERNELS(sfx, attr)                                                       \
+    /* st += compress(st, w); w is clobbered. */                                        \
+    attr static inline void compress_##sfx(uint64_t st[8], uint64_t w[16])              \
+    {                                                                                   \
+        uint64_t a = st[0], b = st[1], c = st[2], d = st[3];                            \
+        uint64_t e = st[4], f = st[5], g = st[6], h = st[7];                            \
+        ROUNDS80;                                                                       \
+        st[0] += a; st[1] += b; st[2] += c; st[3] += d;                                 \
+        st[4] += e; st[5] += f; st[6] += g; st[7] += h;                                 \
+    }                                                                                   \
+                                                                                        \
+    attr static void body_##sfx(const uint8_t *data, size_t len, uint64_t st[8])        \
+    {                                                                                   \
+        uint8_t buf[256];                                                               \
+        uint64_t w[16];                                                                 \
+        memcpy(st, dw_IV, sizeof dw_IV);                                                \
+        size_t full = len / 128;                                                        \
+        uint64_t s0 = st[0], s1 = st[1], s2 = st[2], s3 = st[3];                        \
+        uint64_t s4 = st[4], s5 = st[5], s6 = st[6], s7 = st[7];                        \
+        for (size_t j = 0; j < full; j++) {                                             \
+            const uint8_t *p = data + 128 * j;                                          \
+            uint64_t w[16] = {                                                          \
+                dw_load_be64(p), dw_load_be64(p + 8), dw_load_be64(p + 16),             \
+                dw_load_be64(p + 24), dw_load_be64(p + 32), dw_load_be64(p + 40),       \
+                dw_load_be64(p + 48), dw_load_be64(p + 56), dw_load_be64(p + 64),       \
+                dw_load_be64(p + 72), dw_load_be64(p + 80), dw_load_be64(p + 88),       \
+                dw_load_be64(p + 96), dw_load_be64(p + 104), dw_load_be64(p + 112),     \
+                dw_load_be64(p + 120)};                                                 \
+            uint64_t a = s0, b = s1, c = s2, d = s3, e = s4, f = s5, g = s6, h = s7;    \
+            ROUNDS80;                                                                   \
+            s0 += a; s1 += b; s2 += c; s3 += d; s4 += e; s5 += f; s6 += g; s7 += h;     \
+        }                                                                               \
+        st[0] = s0; st[1] = s1; st[2] = s2; st[3] = s3;                                 \
+        st[4] = s4; st[5] = s5; st[6] = s6; st[7] = s7;                                 \
+        int blocks = dw_tail_blocks(data + 128 * full, len % 128, len, buf);            \
+        for (int j = 0; j < blocks; j++) {                                              \
+            for (int i = 0; i < 16; i++)                                                \
+                w[i] = dw_load_be64(buf + 128 * j + 8 * i);                             \
+            compress_##sfx(st, w);                                                      \
+        }                                                                               \
+    }                                                                                   \
+                                                                                        \
+    /* steps times: st = sha512(st as 64 big-endian bytes). The digest words are the    \
+     * next message words as they are; words 8..15 are the constant padding. */         \
+    attr static void steps_##sfx(uint64_t st[8], uint64_t steps)                        \
+    {                                                                                   \
+        uint64_t s0 = st[0], s1 = st[1], s2 = st[2], s3 = st[3];                        \
+        uint64_t s4 = st[4], s5 = st[5], s6 = st[6], s7 = st[7];                        \
+        for (uint64_t n = 0; n < steps; n++) {                                          \
+            uint64_t w[16] = {s0, s1, s2, s3, s4, s5, s6, s7,                           \
+                              DW_PAD8, 0, 0, 0, 0, 0, 0, DW_LEN64};                     \
+            uint64_t a = dw_IV[0], b = dw_IV[1], c = dw_IV[2], d = dw_IV[3];            \
+            uint64_t e = dw_IV[4], f = dw_IV[5], g = dw_IV[6], h = dw_IV[7];            \
+            ROUNDS80;                                                                   \
+            s0 = dw_IV[0] + a; s1 = dw_IV[1] + b; s2 = dw_IV[2] + c; s3 = dw_IV[3] + d; \
+            s4 = dw_IV[4] + e; s5 = dw_IV[5] + f; s6 = dw_IV[6] + g; s7 = dw_IV[7] + h; \
+        }                                                                               \
+        st[0] = s0; st[1] = s1; st[2] = s2; st[3] = s3;                                 \
+        st[4] = s4; st[5] = s5; st[6] = s6; st[7] = s7;                                 \
+    }
+
+DEFINE_KERNELS(portable, )
+
+#ifdef DW_X86
+DEFINE_KERNELS(bmi2, __attribute__((target("bmi,bmi2"))))
+
+static int use_bmi2(void)
+{
+    static int cached = -1; /* every thread computes the same value */
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        __builtin_cpu_init();
+        v = __builtin_cpu_supports("bmi2") && __builtin_cpu_supports("bmi");
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+#endif
+
 void dw_scalar_body(const uint8_t *data, size_t len, uint64_t st[8])
 {
-    uint8_t buf[256];
-    memcpy(st, dw_IV, sizeof dw_IV);
-    size_t full = len / 128;
-    for (size_t i = 0; i < full; i++)
-        compress_bytes(st, data + 128 * i);
-    int blocks = dw_tail_blocks(data + 128 * full, len % 128, len, buf);
-    for (int i = 0; i < blocks; i++)
-        compress_bytes(st, buf + 128 * i);
+#ifdef DW_X86
+    if (use_bmi2()) {
+        body_bmi2(data, len, st);
+        return;
+    }
+#endif
+    body_portable(data, len, st);
 }
 
-/* steps times: st = sha512(st as 64 big-endian bytes). The digest words are the next
- * message words as they are; words 8..15 are the constant padding. */
 void dw_scalar_steps(uint64_t st[8], uint64_t steps)
 {
-    uint64_t s0 = st[0], s1 = st[1], s2 = st[2], s3 = st[3];
-    uint64_t s4 = st[4], s5 = st[5], s6 = st[6], s7 = st[7];
-    for (uint64_t n = 0; n < steps; n++) {
-        uint64_t w[16] = {s0, s1, s2, s3, s4, s5, s6, s7, DW_PAD8, 0, 0, 0, 0, 0, 0, DW_LEN64};
-        uint64_t a = dw_IV[0], b = dw_IV[1], c = dw_IV[2], d = dw_IV[3];
-        uint64_t e = dw_IV[4], f = dw_IV[5], g = dw_IV[6], h = dw_IV[7];
-        ROUNDS80;
-        s0 = dw_IV[0] + a; s1 = dw_IV[1] + b; s2 = dw_IV[2] + c; s3 = dw_IV[3] + d;
-        s4 = dw_IV[4] + e; s5 = dw_IV[5] + f; s6 = dw_IV[6] + g; s7 = dw_IV[7] + h;
+#ifdef DW_X86
+    if (use_bmi2()) {
+        steps_bmi2(st, steps);
+        return;
     }
-    st[0] = s0; st[1] = s1; st[2] = s2; st[3] = s3;
-    st[4] = s4; st[5] = s5; st[6] = s6; st[7] = s7;
+#endif
+    steps_portable(st, steps);
 }
 
 void dw_store_digest(const uint64_t st[8], uint8_t *out)

@@ -2,9 +2,15 @@
 #include "sha512chain.h"
 #include "sha512_impl.h"
 
-static int selected = -1;
+/* Written once at import (under the GIL) and read by every hashing thread; relaxed atomics make
+ * a first use from two threads at once well defined (both compute the same value). */
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELAXED)
 
-int dw_backend_supported(int backend)
+static int selected = -1;
+static int checked[3]; /* 0: not yet, 1: passed, -1: failed its self-test */
+
+static int cpu_has(int backend)
 {
     switch (backend) {
     case DW_BACKEND_SCALAR:
@@ -22,23 +28,83 @@ int dw_backend_supported(int backend)
     }
 }
 
+static void run_backend(int backend, size_t n, const uint8_t *const *data, const size_t *lens,
+                        const uint64_t *iterations, uint8_t *out)
+{
+    switch (backend) {
+#ifdef DW_X86
+    case DW_BACKEND_AVX2:
+        dw_lanes_run(&dw_avx2_kernel, n, data, lens, iterations, out);
+        return;
+    case DW_BACKEND_AVX512:
+        dw_lanes_run(&dw_avx512_kernel, n, data, lens, iterations, out);
+        return;
+#endif
+    default:
+        for (size_t i = 0; i < n; i++)
+            dw_chain(data[i], lens[i], iterations[i], out + 64 * i);
+    }
+}
+
+/* A known-answer check against the scalar kernel before a SIMD kernel is ever used: more jobs
+ * than lanes, bodies across the padding boundaries, lanes retiring at different steps. */
+static int self_test(int backend)
+{
+    enum { JOBS = 37 };
+    static const size_t sizes[] = {0, 1, 63, 64, 111, 112, 127, 128, 129, 239, 240, 300, 1000};
+    uint8_t body[1000];
+    const uint8_t *data[JOBS];
+    size_t lens[JOBS];
+    uint64_t iterations[JOBS];
+    uint8_t got[64 * JOBS], want[64 * JOBS];
+    for (size_t i = 0; i < sizeof body; i++)
+        body[i] = (uint8_t)(i * 31 + 7);
+    for (int j = 0; j < JOBS; j++) {
+        data[j] = body + j % 7;
+        lens[j] = sizes[j % (sizeof sizes / sizeof sizes[0])];
+        if (lens[j] + j % 7 > sizeof body)
+            lens[j] = sizeof body - j % 7;
+        iterations[j] = 1 + (uint64_t)((j * 7) % 23);
+        dw_chain(data[j], lens[j], iterations[j], want + 64 * j);
+    }
+    run_backend(backend, JOBS, data, lens, iterations, got);
+    for (size_t i = 0; i < sizeof got; i++)
+        if (got[i] != want[i])
+            return -1;
+    return 1;
+}
+
+int dw_backend_status(int backend)
+{
+    if (backend < 0 || backend > DW_BACKEND_AVX512 || !cpu_has(backend))
+        return 0;
+    if (!LOAD(checked[backend]))
+        STORE(checked[backend], backend == DW_BACKEND_SCALAR ? 1 : self_test(backend));
+    return LOAD(checked[backend]);
+}
+
+int dw_backend_supported(int backend)
+{
+    return dw_backend_status(backend) == 1;
+}
+
 int dw_select_backend(int backend)
 {
-    if (!dw_backend_supported(backend))
-        return -1;
-    selected = backend;
-    return 0;
+    int status = dw_backend_status(backend);
+    if (status == 1)
+        STORE(selected, backend);
+    return status == 1 ? 0 : status == 0 ? -1 : -2;
 }
 
 int dw_current_backend(void)
 {
-    if (selected < 0) {
+    if (LOAD(selected) < 0) {
         int best = DW_BACKEND_AVX512;
         while (!dw_backend_supported(best))
             best--;
-        selected = best;
+        STORE(selected, best); /* scalar is always supported */
     }
-    return selected;
+    return LOAD(selected);
 }
 
 int dw_backend_lanes(int backend)
@@ -66,17 +132,5 @@ void dw_chain(const uint8_t *data, size_t len, uint64_t iterations, uint8_t *out
 void dw_chain_many(size_t n, const uint8_t *const *data, const size_t *lens,
                    const uint64_t *iterations, uint8_t *out)
 {
-    switch (dw_current_backend()) {
-#ifdef DW_X86
-    case DW_BACKEND_AVX2:
-        dw_lanes_run(&dw_avx2_kernel, n, data, lens, iterations, out);
-        return;
-    case DW_BACKEND_AVX512:
-        dw_lanes_run(&dw_avx512_kernel, n, data, lens, iterations, out);
-        return;
-#endif
-    default:
-        for (size_t i = 0; i < n; i++)
-            dw_chain(data[i], lens[i], iterations[i], out + 64 * i);
-    }
+    run_backend(dw_current_backend(), n, data, lens, iterations, out);
 }

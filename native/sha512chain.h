@@ -19,10 +19,14 @@ void dw_chain(const uint8_t *data, size_t len, uint64_t iterations, uint8_t *out
 void dw_chain_many(size_t n, const uint8_t *const *data, const size_t *lens,
                    const uint64_t *iterations, uint8_t *out);
 
-/* 1 when the CPU (and OS) can run the backend, else 0. */
+/* 1 when the CPU (and OS) can run the backend and its kernel passed a known-answer self-test
+ * against the scalar kernel (run once, on first use), 0 when the CPU lacks it, -1 when it failed
+ * the self-test. dw_backend_supported: status == 1. */
+int dw_backend_status(int backend);
 int dw_backend_supported(int backend);
 
-/* Selects the backend used by dw_chain_many; 0 on success, -1 when unsupported. */
+/* Selects the backend used by dw_chain_many; 0 on success, -1 when the CPU lacks it, -2 when
+ * it failed its self-test. Not thread-safe: call before hashing starts. */
 int dw_select_backend(int backend);
 
 /* The selected backend and how many chains it runs side by side. */

@@ -21,7 +21,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
 from server import loadgen
@@ -62,18 +61,21 @@ def serve_null(port: int) -> None:
 
 
 async def http_ceiling(url: str, requests: int, concurrency: int, body: bytes) -> float:
-    """PUT requests per second against `url` with the load generator's concurrency."""
+    """PUT /enqueue requests per second against `url` with the load generator's own client."""
+    cfg = loadgen.BenchConfig((url,), jobs=requests, concurrency=concurrency)
+    transport = loadgen.make_transport(cfg, concurrency)
     counter = iter(range(requests))
 
-    async def client(session: aiohttp.ClientSession) -> None:
+    async def client() -> None:
         for _ in counter:
-            async with session.put(url, data=body) as resp:
-                await resp.read()
+            await transport.request(0, "PUT", "/enqueue?iterations=1", body)
 
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+    try:
         start = time.perf_counter()
-        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+        await asyncio.gather(*(client() for _ in range(concurrency)))
         return requests / (time.perf_counter() - start)
+    finally:
+        await transport.close()
 
 
 # -- the system under test -------------------------------------------------------------------------
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     null = subprocess.Popen([sys.executable, "-m", "server.benchmark", "--null-server", str(null_port)])
     try:
         wait_until(lambda: _listening(null_port), 30, "the baseline server")
-        ceiling = asyncio.run(http_ceiling(f"http://127.0.0.1:{null_port}/enqueue", args.jobs,
+        ceiling = asyncio.run(http_ceiling(f"http://127.0.0.1:{null_port}", args.jobs,
                                            args.concurrency, body))
     finally:
         null.terminate()

@@ -147,6 +147,12 @@ class Cluster:
                 raise Unavailable(f"{method} {path.split('?')[0]} to {server} got no answer "
                                   f"({describe_exception(exc)}); it may or may not have been applied") from None
             if status < 300:
+                if body is None:
+                    failures.append(f"{server}: HTTP {status} without a JSON body")
+                    if idempotent:
+                        continue
+                    raise Unavailable(f"{method} {path.split('?')[0]} to {server}: HTTP {status} without a "
+                                      "JSON body; it may or may not have been applied")
                 return server, body
             message = error_message(body, raw)
             if status == 404:
@@ -177,7 +183,8 @@ async def cmd_enqueue(args, cluster: Cluster, out) -> int:
         raise UsageError("stdin ('-') can be given only once")
     for path in args.files:  # fail before anything is enqueued
         if path != "-" and (os.path.isdir(path) or not os.access(path, os.R_OK)):
-            reason = "a directory" if os.path.isdir(path) else "no such file" if not os.path.exists(path) else "not readable"
+            reason = ("a directory" if os.path.isdir(path) else
+                      "no such file" if not os.path.exists(path) else "not readable")
             raise UsageError(f"cannot read {path}: {reason}")
     first = random.randrange(len(cluster.servers))
     for i, path in enumerate(args.files):
@@ -292,7 +299,7 @@ async def wait_one(cluster: Cluster, work_id: str, deadline: float | None,
             down_since = now if down_since is None else down_since
             if now - down_since >= grace_s or (deadline is not None and now >= deadline):
                 raise
-            await asyncio.sleep(min(0.1 * 2 ** min(now - down_since, 4), 1.0))
+            await asyncio.sleep(min(0.1 + (now - down_since) / 10, 1.0))  # 0.1 s, slowing to 1 s
             continue
         down_since = None
         if item.get("status") in FINISHED or (deadline is not None and time.monotonic() >= deadline):
@@ -308,14 +315,15 @@ async def cmd_wait(args, cluster: Cluster, out) -> int:
     finished = [asyncio.Event() for _ in ids]
 
     async def one(index: int) -> None:
-        async with gate:
-            try:
+        try:
+            async with gate:
                 results[index] = await wait_one(cluster, ids[index], deadline)
-            except CliError as exc:
-                results[index] = exc
+        except CliError as exc:
+            results[index] = exc
+        finally:
+            finished[index].set()  # also when something unexpected broke it: the printer must not hang
         item = results[index]
         progress.update(failed=not isinstance(item, dict) or item.get("status") != "completed")
-        finished[index].set()
 
     async def ticker() -> None:
         while True:
@@ -330,6 +338,8 @@ async def cmd_wait(args, cluster: Cluster, out) -> int:
         for index, work_id in enumerate(ids):  # results in the order given, each as soon as it can be
             await finished[index].wait()
             item = results[index]
+            if item is None:  # its task failed unexpectedly: let that error show
+                await tasks[index]
             if isinstance(item, CliError):
                 codes.add(item.exit_code)
                 progress.message(f"dynwork: {work_id}: {item}")
@@ -371,7 +381,7 @@ def _get(d: Any, *keys: str, default: Any = "?") -> Any:
 
 def format_status(entries: list[dict]) -> str:
     header = ("SERVER", "URL", "STATE", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "OLDEST", "JOBS/S",
-              "WORKERS", "LOANS", "PEER")
+              "WORKERS", "SERVING", "LOANS", "PEER")
     rows, notes = [], []
     for entry in entries:
         if not entry["up"]:
@@ -389,8 +399,9 @@ def format_status(entries: list[dict]) -> str:
         rows.append([_get(s, "server"), entry["url"], state, _get(s, "queued"), _get(s, "running"),
                      _get(s, "completed"), _get(s, "failed"),
                      f"{oldest:.1f}s" if isinstance(oldest, (int, float)) else oldest,
-                     f"{rate:.1f}" if isinstance(rate, (int, float)) else rate, workers, loans, peer_text])
-    text = format_table(header, rows, right=(3, 4, 5, 6, 7, 8))
+                     f"{rate:.1f}" if isinstance(rate, (int, float)) else rate, workers,
+                     _get(s, "workers_reporting"), loans, peer_text])
+    text = format_table(header, rows, right=(3, 4, 5, 6, 7, 8, 10))
     return text + "".join(f"\n{note}" for note in notes)
 
 
@@ -401,7 +412,8 @@ async def cmd_status(args, cluster: Cluster, out) -> int:
     else:
         print(format_status(entries), file=out)
         if any(e["up"] for e in entries):
-            print("WORKERS: live+starting/allowed; LOANS: +borrowed/-lent", file=out)
+            print("WORKERS: launched by the server, live+starting/allowed; SERVING: workers reporting to it; "
+                  "LOANS: +borrowed/-lent", file=out)
     down = sum(not e["up"] for e in entries)
     if down == len(entries):
         return EXIT_UNAVAILABLE
@@ -413,7 +425,8 @@ async def cmd_bench(args, cluster: Cluster, out) -> int:
         cfg = loadgen.BenchConfig(servers=cluster.servers, jobs=args.jobs, iterations=args.iterations,
                                   body_bytes=args.body_bytes, concurrency=args.concurrency,
                                   timeout_s=args.timeout, verify=args.verify, warmup=args.warmup,
-                                  http_timeout_s=cluster.timeout_s)
+                                  http_timeout_s=cluster.timeout_s, client=args.client,
+                                  pull_interval_s=args.pull_interval)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     report = await loadgen.run(cfg, latency=args.latency)
@@ -421,9 +434,9 @@ async def cmd_bench(args, cluster: Cluster, out) -> int:
         print(json.dumps(report.to_json(), indent=2), file=out)
     else:
         print(report.format(), file=out)
-    if report.error and report.completed == 0 and "no server" in report.error:
+    if report.error_kind == "unreachable":
         return EXIT_UNAVAILABLE
-    if report.error and "refused" in report.error:
+    if report.error_kind == "refused":
         return EXIT_USAGE
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -453,10 +466,21 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--server", action="append", metavar="URL", default=argparse.SUPPRESS,
-                        help=f"a server to talk to (repeatable; env {SERVERS_ENV}; default {', '.join(DEFAULT_SERVERS)})")
+                        help=f"a server to talk to (repeatable; env {SERVERS_ENV}; "
+                             f"default {', '.join(DEFAULT_SERVERS)})")
     common.add_argument("--http-timeout", type=positive_float, metavar="S", default=argparse.SUPPRESS,
                         help="timeout of one HTTP request, seconds (default 10)")
     parser = argparse.ArgumentParser(prog="dynwork", parents=[common], epilog=EPILOG,
@@ -476,14 +500,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SHA-512 iterations per job")
 
     p = add("pull", "take completed results (each is handed out once across both servers)")
-    p.add_argument("--top", type=positive_int(1, 1000), default=100, metavar="N", help="at most N results (1..1000, default 100)")
+    p.add_argument("--top", type=positive_int(1, 1000), default=100, metavar="N",
+                   help="at most N results (1..1000, default 100)")
     p.add_argument("--pretty", action="store_true", help="a table instead of JSON lines")
 
     p = add("get", "show one job's status and result (from any server)")
     p.add_argument("work_id", metavar="ID")
 
     p = add("wait", "wait until the jobs are finished and print their results as JSON lines, in the order given "
-                    f"(a progress bar on a terminal; servers that cannot answer are retried for {UNAVAILABLE_GRACE_S:g} s)")
+                    "(a progress bar on a terminal; servers that cannot answer are retried for "
+                    f"{UNAVAILABLE_GRACE_S:g} s)")
     p.add_argument("work_ids", nargs="+", metavar="ID")
     p.add_argument("--timeout", type=positive_float, default=None, metavar="S", help="give up after S seconds")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
@@ -506,6 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--latency: jobs run first and not counted (default 3)")
     p.add_argument("--timeout", type=positive_float, default=300.0, metavar="S", help="give up after S s (default 300)")
     p.add_argument("--verify", action="store_true", help="check every result against hashlib")
+    p.add_argument("--pull-interval", type=non_negative_float, default=loadgen.PULL_INTERVAL_S, metavar="S",
+                   help="pause between pulls that came back short; shorter pulls more often, which costs the "
+                        f"servers a query each (default {loadgen.PULL_INTERVAL_S:g})")
+    p.add_argument("--client", choices=loadgen.CLIENTS, default="raw",
+                   help="HTTP client: raw (lean keep-alive HTTP/1.1, about a quarter of aiohttp's CPU per "
+                        "request) or aiohttp (default raw)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 

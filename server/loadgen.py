@@ -11,8 +11,10 @@ Latency mode runs one job at a time: enqueue, then `GET /work/{id}?wait=S` on th
 it is finished, and reports percentiles of that round trip (after a few warm-up jobs that give the
 autoscaler time to start a worker). Its results are not pulled.
 
-The generator is kept cheap so that it measures the servers, not itself: one ClientSession with
-keep-alive, URLs built once, no per-job output.
+The generator is kept cheap so that on a small machine it measures the servers, not itself: pooled
+keep-alive connections, no per-job output, and by default a lean HTTP/1.1 client on asyncio
+protocols that spends about a third of the CPU per job of aiohttp's client (`client="aiohttp"`
+selects that one instead, e.g. to compare with an aiohttp baseline).
 """
 from __future__ import annotations
 
@@ -23,21 +25,37 @@ import itertools
 import json
 import math
 import os
+import ssl
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import aiohttp
 from yarl import URL
 
 PULL_TOP = 1000
-PULL_IDLE_S = 0.005  # a puller that found nothing waits this long before asking again
+PULL_INTERVAL_S = 0.02  # a puller whose last pull was not full waits this long before the next
 WAIT_CHUNK_S = 5.0  # latency mode: one long-poll lasts at most this long
 RETRY_AFTER_MAX_S = 2.0
 PERCENTILES = (50, 95, 99)
+CLIENTS = ("raw", "aiohttp")  # HTTP clients the bench can use
 
 
 class BenchError(Exception):
-    """The bench could not run: no server reachable, or a server refused its jobs."""
+    """The bench could not go on: a request got no usable answer."""
+
+    kind = "lost"
+
+
+class NoServer(BenchError):
+    """No server could be connected to."""
+
+    kind = "unreachable"
+
+
+class JobRefused(BenchError):
+    """A server refused the bench's jobs (4xx): the parameters do not suit it."""
+
+    kind = "refused"
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -80,7 +98,11 @@ class BenchConfig:
     timeout_s: float = 300.0
     verify: bool = False  # check every result against hashlib (keeps the bodies in memory)
     warmup: int = 3  # latency mode: jobs run first and left out of the figures
-    http_timeout_s: float = 10.0  # connecting, and silence on a connection (plus a long-poll's length)
+    http_timeout_s: float = 10.0  # connecting, and waiting for an answer (plus a long-poll's length)
+    client: str = "raw"  # raw (lean HTTP/1.1 on asyncio) or aiohttp
+    # Every pull that is not full costs both servers a query (the peer fills the rest), so pullers
+    # pause between pulls that came back short; the pause adds at most this to measured latencies.
+    pull_interval_s: float = PULL_INTERVAL_S
 
     def __post_init__(self) -> None:
         if not self.servers:
@@ -88,8 +110,12 @@ class BenchConfig:
         for name in ("jobs", "iterations", "concurrency"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
-        if self.body_bytes < 0 or self.warmup < 0 or self.timeout_s <= 0 or self.http_timeout_s <= 0:
-            raise ValueError("body_bytes and warmup must be >= 0, timeout_s and http_timeout_s > 0")
+        if self.body_bytes < 0 or self.warmup < 0 or self.pull_interval_s < 0:
+            raise ValueError("body_bytes, warmup and pull_interval_s must be >= 0")
+        if self.timeout_s <= 0 or self.http_timeout_s <= 0:
+            raise ValueError("timeout_s and http_timeout_s must be > 0")
+        if self.client not in CLIENTS:
+            raise ValueError(f"client must be one of {', '.join(CLIENTS)}")
 
 
 @dataclasses.dataclass
@@ -104,7 +130,9 @@ class BenchReport:
     enqueue_s: float = 0.0  # first enqueue to last acknowledgement
     enqueue_retries: int = 0  # 503 answers (queue full) that were retried
     latencies_s: list[float] = dataclasses.field(default_factory=list, repr=False)
+    enqueue_latencies_s: list[float] = dataclasses.field(default_factory=list, repr=False)  # PUT sent -> ack
     error: str | None = None  # why the bench stopped early
+    error_kind: str | None = None  # timeout, or a BenchError's kind: lost, unreachable, refused
 
     @property
     def complete(self) -> bool:
@@ -120,14 +148,16 @@ class BenchReport:
 
     def to_json(self) -> dict:
         cfg = self.config
-        latency = {k: (None if math.isnan(v) else round(v, 3)) for k, v in latency_summary(self.latencies_s).items()}
         return {
             "mode": self.mode, "servers": list(cfg.servers), "jobs": cfg.jobs, "iterations": cfg.iterations,
-            "body_bytes": cfg.body_bytes, "concurrency": cfg.concurrency if self.mode == "throughput" else 1,
+            "body_bytes": cfg.body_bytes, "client": cfg.client,
+            "concurrency": cfg.concurrency if self.mode == "throughput" else 1,
             "completed": self.completed, "failed": self.failed, "wrong": self.wrong if cfg.verify else None,
             "foreign": self.foreign, "elapsed_s": round(self.elapsed_s, 4), "enqueue_s": round(self.enqueue_s, 4),
             "enqueue_retries": self.enqueue_retries, "jobs_per_s": round(self.jobs_per_s, 1),
-            "latency_ms": latency, "complete": self.complete, "ok": self.ok, "error": self.error,
+            "latency_ms": _json_summary(self.latencies_s),
+            "enqueue_latency_ms": _json_summary(self.enqueue_latencies_s),
+            "complete": self.complete, "ok": self.ok, "error": self.error, "error_kind": self.error_kind,
         }
 
     def format(self) -> str:
@@ -136,17 +166,20 @@ class BenchReport:
         plural = "s" if cfg.iterations != 1 else ""
         if self.mode == "throughput":
             head = (f"bench: {cfg.jobs} jobs x {cfg.iterations} iteration{plural}, {cfg.body_bytes}-byte bodies, "
-                    f"concurrency {cfg.concurrency}, {len(cfg.servers)} server{'s' if len(cfg.servers) != 1 else ''}")
+                    f"concurrency {cfg.concurrency}, {len(cfg.servers)} server{'s' if len(cfg.servers) != 1 else ''}, "
+                    f"{cfg.client} client")
             enq_rate = cfg.jobs / self.enqueue_s if self.enqueue_s > 0 and self.error is None else 0.0
             lines = [head,
                      f"  enqueued    {self.enqueue_s:8.3f} s  ({enq_rate:,.0f} jobs/s, {self.enqueue_retries} retried)",
                      f"  end to end  {self.elapsed_s:8.3f} s  {self.jobs_per_s:,.0f} jobs/s "
                      f"({self.completed}/{cfg.jobs} results)",
-                     "  latency     ack -> pulled: " + _format_latency(lat)]
+                     "  latency     ack -> pulled: " + _format_latency(lat),
+                     "  enqueue     PUT -> ack:    " + _format_latency(latency_summary(self.enqueue_latencies_s))]
         else:
             head = (f"bench --latency: {len(self.latencies_s)} jobs one at a time (+{cfg.warmup} warm-up) x "
                     f"{cfg.iterations} iteration{plural}, {cfg.body_bytes}-byte bodies")
-            lines = [head, "  latency     enqueue -> finished: " + _format_latency(lat)]
+            lines = [head, "  latency     enqueue -> finished: " + _format_latency(lat),
+                     "  of which    PUT -> ack:          " + _format_latency(latency_summary(self.enqueue_latencies_s))]
         tail = f"  failed {self.failed}"
         if cfg.verify:
             tail += f", wrong {self.wrong}"
@@ -158,17 +191,197 @@ class BenchReport:
         return "\n".join(lines)
 
 
+def _json_summary(latencies_s: Sequence[float]) -> dict[str, float | None]:
+    return {k: (None if math.isnan(v) else round(v, 3)) for k, v in latency_summary(latencies_s).items()}
+
+
 def _format_latency(summary: dict[str, float]) -> str:
     return "  ".join(f"{key} {summary[key]:.2f} ms" for key in ("p50", "p95", "p99", "max"))
 
 
 # -- HTTP ----------------------------------------------------------------------------------------------
 
-def _session(connections: int, http_timeout_s: float) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, ttl_dns_cache=None)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=http_timeout_s, sock_read=http_timeout_s + WAIT_CHUNK_S)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
+class ConnectFailed(Exception):
+    """No connection could be made, so nothing was sent: the request may go to another server."""
+
+
+Answer = tuple[int, Mapping[str, str], bytes]  # status, headers (look up lower-case names), body
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A short human reason for a failed HTTP call."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return describe_exception(exc.os_error) if exc.os_error else f"cannot connect ({exc})"
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, ConnectionResetError)):
+        return "server disconnected"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+class AiohttpTransport:
+    """The bench's requests through one aiohttp ClientSession (keep-alive, pooled connections)."""
+
+    name = "aiohttp"
+
+    def __init__(self, servers: Sequence[str], connections: int, http_timeout_s: float) -> None:
+        self.servers = list(servers)
+        connector = aiohttp.TCPConnector(limit=connections, limit_per_host=0, ttl_dns_cache=None)
+        self.http_timeout_s = http_timeout_s
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=http_timeout_s, sock_read=http_timeout_s)
+        self.session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
+
+    async def request(self, server: int, method: str, target: str, body: bytes | None = None,
+                      wait_s: float = 0.0) -> Answer:
+        """One request; wait_s is how long the server may hold it (a long-poll) beyond the timeout."""
+        extra = {}
+        if wait_s:  # (passing timeout=None would mean no timeout at all)
+            extra["timeout"] = aiohttp.ClientTimeout(total=None, sock_connect=self.http_timeout_s,
+                                                     sock_read=self.http_timeout_s + wait_s)
+        try:
+            async with self.session.request(method, URL(self.servers[server] + target, encoded=True),
+                                            data=body, **extra) as resp:
+                return resp.status, resp.headers, await resp.read()
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectFailed(describe_exception(exc)) from None
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection carrying one request at a time (Content-Length bodies)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future | None = None
+        self.open = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.open = True
+
+    def connection_lost(self, exc) -> None:
+        self.open = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionResetError("server closed the connection"))
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.waiter is None or self.waiter.done():
+            return
+        end = self.buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        try:
+            status, headers = _parse_head(bytes(self.buffer[:end]))
+            if "chunked" in headers.get("transfer-encoding", ""):
+                raise ValueError("chunked responses are not supported")
+            total = end + 4 + int(headers.get("content-length", "0"))
+        except ValueError as exc:
+            self.open = False
+            self.waiter.set_exception(exc)
+            self.transport.close()
+            return
+        if len(self.buffer) < total:
+            return
+        body = bytes(self.buffer[end + 4:total])
+        del self.buffer[:total]
+        if headers.get("connection", "").lower() == "close":
+            self.open = False
+        self.waiter.set_result((status, headers, body))
+
+    async def request(self, head: bytes, body: bytes | None) -> Answer:
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.writelines((head, body) if body else (head,))
+        try:
+            return await self.waiter
+        finally:
+            self.waiter = None
+
+
+def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP/1.x response: {lines[0][:60]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(parts[1]), headers
+
+
+class RawTransport:
+    """Keep-alive HTTP/1.1 straight on asyncio protocols: only what the bench sends and the servers
+    answer, for about a quarter of aiohttp's client CPU per request, so that on a small machine the
+    generator measures the servers rather than itself."""
+
+    name = "raw"
+
+    def __init__(self, servers: Sequence[str], http_timeout_s: float) -> None:
+        urls = [URL(s) for s in servers]
+        self.addresses = [(u.host, u.port, u.scheme == "https") for u in urls]
+        self.hosts = [u.raw_authority for u in urls]
+        self.http_timeout_s = http_timeout_s
+        self.idle: list[list[_Connection]] = [[] for _ in urls]
+        self.busy: set[_Connection] = set()
+
+    async def _acquire(self, server: int) -> _Connection:
+        idle = self.idle[server]
+        while idle:
+            conn = idle.pop()
+            if conn.open:
+                return conn
+            conn.transport.close()
+        host, port, tls = self.addresses[server]
+        try:
+            async with asyncio.timeout(self.http_timeout_s):
+                _, conn = await asyncio.get_running_loop().create_connection(
+                    _Connection, host, port, ssl=ssl.create_default_context() if tls else None)
+        except (OSError, TimeoutError) as exc:
+            raise ConnectFailed(describe_exception(exc)) from None
+        return conn
+
+    async def request(self, server: int, method: str, target: str, body: bytes | None = None,
+                      wait_s: float = 0.0) -> Answer:
+        """One request; wait_s is how long the server may hold it (a long-poll) beyond the timeout."""
+        conn = await self._acquire(server)
+        head = (f"{method} {target} HTTP/1.1\r\nHost: {self.hosts[server]}\r\n"
+                f"Content-Length: {len(body) if body else 0}\r\n\r\n").encode("latin-1")
+        self.busy.add(conn)
+        try:
+            async with asyncio.timeout(self.http_timeout_s + wait_s):
+                answer = await conn.request(head, body)
+        except BaseException:
+            conn.open = False
+            conn.transport.close()
+            raise
+        finally:
+            self.busy.discard(conn)
+        if conn.open:
+            self.idle[server].append(conn)
+        else:
+            conn.transport.close()
+        return answer
+
+    async def close(self) -> None:
+        for conn in [c for idle in self.idle for c in idle] + list(self.busy):
+            conn.transport.close()
+        self.idle = [[] for _ in self.idle]
+        await asyncio.sleep(0)  # let the transports finish closing
+
+
+def make_transport(cfg: BenchConfig, connections: int) -> RawTransport | AiohttpTransport:
+    if cfg.client == "aiohttp":
+        return AiohttpTransport(cfg.servers, connections, cfg.http_timeout_s)
+    return RawTransport(cfg.servers, cfg.http_timeout_s)
 
 
 def _error_text(raw: bytes) -> str:
@@ -178,44 +391,45 @@ def _error_text(raw: bytes) -> str:
         return raw[:200].decode("utf-8", "replace") or "(empty body)"
 
 
+LOST = (aiohttp.ClientError, TimeoutError, OSError, ValueError)  # sent, but no usable answer came back
+
+
 class _Enqueuer:
     """PUT /enqueue with fail-over: a server that cannot be connected to is skipped for the next
     one, 503 (queue full) is retried after Retry-After; a refusal or a lost answer stops the bench."""
 
-    def __init__(self, session: aiohttp.ClientSession, servers: Sequence[str], iterations: int) -> None:
-        self.session = session
+    def __init__(self, transport, servers: Sequence[str], iterations: int) -> None:
+        self.transport = transport
         self.servers = list(servers)
-        self.urls = [URL(f"{s}/enqueue?iterations={iterations}", encoded=True) for s in servers]
+        self.target = f"/enqueue?iterations={iterations}"
         self.retries = 0
 
     async def put(self, index: int, body: bytes) -> tuple[int, str]:
         """(server index, work id) of the body stored by the server `index` points at, or the next one."""
         failures: list[str] = []
-        n = len(self.urls)
+        n = len(self.servers)
         attempt = 0
         while True:
             server = (index + attempt) % n
             try:
-                async with self.session.put(self.urls[server], data=body) as resp:
-                    raw = await resp.read()
-                    status = resp.status
-                    retry_after = resp.headers.get("Retry-After")
-            except aiohttp.ClientConnectorError as exc:  # nothing was sent: safe to try the next server
-                failures.append(f"{self.servers[server]}: {describe_exception(exc)}")
+                status, headers, raw = await self.transport.request(server, "PUT", self.target, body)
+            except ConnectFailed as exc:
+                failures.append(f"{self.servers[server]}: {exc}")
                 attempt += 1
                 if attempt >= n:
-                    raise BenchError("no server accepts jobs: " + "; ".join(failures)) from None
+                    raise NoServer("no server accepts jobs: " + "; ".join(failures)) from None
                 continue
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            except LOST as exc:
                 # The job may have been stored: sending it again elsewhere could run it twice.
-                raise BenchError(f"{self.servers[server]} gave no answer to an enqueue: {describe_exception(exc)}") from None
+                raise BenchError(f"{self.servers[server]} gave no answer to an enqueue: "
+                                 f"{describe_exception(exc)}") from None
             if status == 200:
                 return server, json.loads(raw)["work_id"]
             if status == 503:
                 self.retries += 1
-                await asyncio.sleep(_retry_after(retry_after))
+                await asyncio.sleep(_retry_after(headers.get("retry-after")))
                 continue
-            raise BenchError(f"{self.servers[server]} refused a job: HTTP {status}: {_error_text(raw)}")
+            raise JobRefused(f"{self.servers[server]} refused a job: HTTP {status}: {_error_text(raw)}")
 
 
 def _retry_after(header: str | None) -> float:
@@ -223,19 +437,6 @@ def _retry_after(header: str | None) -> float:
         return min(max(float(header), 0.01), RETRY_AFTER_MAX_S) if header else 0.1
     except ValueError:
         return 0.1
-
-
-def describe_exception(exc: BaseException) -> str:
-    """A short human reason for a failed HTTP call."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        if isinstance(exc.os_error, ConnectionRefusedError):
-            return "connection refused"
-        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "server disconnected"
-    return str(exc) or type(exc).__name__
 
 
 # -- throughput ------------------------------------------------------------------------------------
@@ -282,15 +483,13 @@ class _Tracker:
             self.all_seen.set()
 
 
-async def _pull_loop(session: aiohttp.ClientSession, server: str, tracker: _Tracker) -> None:
-    url = URL(f"{server}/pullCompleted?top={PULL_TOP}", encoded=True)
+async def _pull_loop(transport, server: int, tracker: _Tracker, interval_s: float) -> None:
+    target = f"/pullCompleted?top={PULL_TOP}"
     failures = 0
     while not tracker.all_seen.is_set():
         try:
-            async with session.post(url) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError):
+            status, _, raw = await transport.request(server, "POST", target)
+        except (ConnectFailed, *LOST):
             status, raw = 0, b""
         now = time.perf_counter()
         if status == 200:
@@ -298,11 +497,11 @@ async def _pull_loop(session: aiohttp.ClientSession, server: str, tracker: _Trac
             items = json.loads(raw)
             tracker.pulled(items, now)
             if len(items) < PULL_TOP:
-                await asyncio.sleep(PULL_IDLE_S)
+                await asyncio.sleep(interval_s)
         else:
             # A server that is down is skipped: its peer's pullCompleted fills from it once it is back.
             failures += 1
-            await asyncio.sleep(min(PULL_IDLE_S * 2 ** failures, 0.5))
+            await asyncio.sleep(min(max(interval_s, 0.005) * 2 ** failures, 0.5))
 
 
 async def _enqueue_loop(enqueuer: _Enqueuer, counter: itertools.count, cfg: BenchConfig, tracker: _Tracker) -> None:
@@ -310,18 +509,23 @@ async def _enqueue_loop(enqueuer: _Enqueuer, counter: itertools.count, cfg: Benc
         if index >= cfg.jobs:
             return
         body = os.urandom(cfg.body_bytes)
+        sent = time.perf_counter()
         _, work_id = await enqueuer.put(index, body)
-        tracker.ack(work_id, time.perf_counter(), body if cfg.verify else None)
+        acked = time.perf_counter()
+        tracker.report.enqueue_latencies_s.append(acked - sent)
+        tracker.ack(work_id, acked, body if cfg.verify else None)
 
 
 async def run_throughput(cfg: BenchConfig) -> BenchReport:
     report = BenchReport("throughput", cfg)
     tracker = _Tracker(report, cfg.verify)
     counter = itertools.count()
-    async with _session(cfg.concurrency + 2 * len(cfg.servers), cfg.http_timeout_s) as session:
-        enqueuer = _Enqueuer(session, cfg.servers, cfg.iterations)
+    transport = make_transport(cfg, cfg.concurrency + 2 * len(cfg.servers))
+    try:
+        enqueuer = _Enqueuer(transport, cfg.servers, cfg.iterations)
         start = time.perf_counter()
-        pullers = [asyncio.create_task(_pull_loop(session, s, tracker)) for s in cfg.servers]
+        pullers = [asyncio.create_task(_pull_loop(transport, i, tracker, cfg.pull_interval_s))
+                   for i in range(len(cfg.servers))]
         enqueuers = [asyncio.create_task(_enqueue_loop(enqueuer, counter, cfg, tracker))
                      for _ in range(min(cfg.concurrency, cfg.jobs))]
         try:
@@ -330,8 +534,9 @@ async def run_throughput(cfg: BenchConfig) -> BenchReport:
                 await tracker.all_seen.wait()
         except TimeoutError:
             report.error = f"timed out after {cfg.timeout_s:g} s with {report.completed}/{cfg.jobs} results"
+            report.error_kind = "timeout"
         except BenchError as exc:
-            report.error = str(exc)
+            report.error, report.error_kind = str(exc), exc.kind
         finally:
             for task in pullers + enqueuers:
                 task.cancel()
@@ -341,22 +546,24 @@ async def run_throughput(cfg: BenchConfig) -> BenchReport:
         report.elapsed_s = max(tracker.last_seen - start, 0.0)
         # Results pulled without an acknowledgement of ours are someone else's.
         report.foreign = len(tracker.early)
+    finally:
+        await transport.close()
     return report
 
 
 # -- latency -----------------------------------------------------------------------------------------
 
-async def _wait_finished(session: aiohttp.ClientSession, server: str, work_id: str) -> dict:
-    url = URL(f"{server}/work/{work_id}?wait={WAIT_CHUNK_S:g}", encoded=True)
+async def _wait_finished(transport, servers: Sequence[str], server: int, work_id: str) -> dict:
+    target = f"/work/{work_id}?wait={WAIT_CHUNK_S:g}"
     while True:
         try:
-            async with session.get(url) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise BenchError(f"{server}: {describe_exception(exc)}") from None
+            status, _, raw = await transport.request(server, "GET", target, wait_s=WAIT_CHUNK_S)
+        except ConnectFailed as exc:
+            raise NoServer(f"{servers[server]}: {exc}") from None
+        except LOST as exc:
+            raise BenchError(f"{servers[server]}: {describe_exception(exc)}") from None
         if status != 200:
-            raise BenchError(f"{server} answered GET /work/{work_id} with HTTP {status}: {_error_text(raw)}")
+            raise BenchError(f"{servers[server]} answered GET /work/{work_id} with HTTP {status}: {_error_text(raw)}")
         item = json.loads(raw)
         if item.get("status") in ("completed", "failed"):
             return item
@@ -364,8 +571,9 @@ async def _wait_finished(session: aiohttp.ClientSession, server: str, work_id: s
 
 async def run_latency(cfg: BenchConfig) -> BenchReport:
     report = BenchReport("latency", cfg)
-    async with _session(2 * len(cfg.servers), cfg.http_timeout_s) as session:
-        enqueuer = _Enqueuer(session, cfg.servers, cfg.iterations)
+    transport = make_transport(cfg, 2 * len(cfg.servers))
+    try:
+        enqueuer = _Enqueuer(transport, cfg.servers, cfg.iterations)
         start = time.perf_counter()
         try:
             async with asyncio.timeout(cfg.timeout_s):
@@ -373,23 +581,28 @@ async def run_latency(cfg: BenchConfig) -> BenchReport:
                     body = os.urandom(cfg.body_bytes)
                     t0 = time.perf_counter()
                     server, work_id = await enqueuer.put(index, body)
-                    item = await _wait_finished(session, cfg.servers[server], work_id)
+                    acked = time.perf_counter()
+                    item = await _wait_finished(transport, cfg.servers, server, work_id)
                     t1 = time.perf_counter()
                     if index < cfg.warmup:
                         start = t1
                         continue
                     report.completed += 1
                     report.latencies_s.append(t1 - t0)
+                    report.enqueue_latencies_s.append(acked - t0)
                     if item.get("result") is None:
                         report.failed += 1
                     elif cfg.verify and item["result"] != chain(body, cfg.iterations):
                         report.wrong += 1
         except TimeoutError:
             report.error = f"timed out after {cfg.timeout_s:g} s with {report.completed}/{cfg.jobs} results"
+            report.error_kind = "timeout"
         except BenchError as exc:
-            report.error = str(exc)
+            report.error, report.error_kind = str(exc), exc.kind
         report.elapsed_s = max(time.perf_counter() - start, 0.0)
         report.enqueue_retries = enqueuer.retries
+    finally:
+        await transport.close()
     return report
 
 

@@ -97,14 +97,15 @@ def test_format_table_aligns_columns():
 def test_format_status_shows_a_down_server():
     up = {"url": "http://a:1", "up": True, "status": {
         "server": "s1", "queued": 3, "running": 1, "completed": 10, "failed": 0, "oldest_queued_age_s": 1.25,
-        "jobs_per_s": 12.5, "workers": {"live": 2, "starting": 1, "allowed": 5}, "loans": {"borrowed": 1, "lent": 0},
+        "jobs_per_s": 12.5, "workers": {"live": 2, "starting": 1, "allowed": 5}, "workers_reporting": 4,
+        "loans": {"borrowed": 1, "lent": 0},
         "peer": {"reachable": False}, "closing": False}}
     down = {"url": "http://b:2", "up": False, "error": "connection refused"}
     lines = cli.format_status([up, down]).splitlines()
     assert lines[0].split() == ["SERVER", "URL", "STATE", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "OLDEST",
-                                "JOBS/S", "WORKERS", "LOANS", "PEER"]
-    assert lines[1].split() == ["s1", "http://a:1", "up", "3", "1", "10", "0", "1.2s", "12.5", "2+1/5", "+1/-0",
-                                "unreachable"]
+                                "JOBS/S", "WORKERS", "SERVING", "LOANS", "PEER"]
+    assert lines[1].split() == ["s1", "http://a:1", "up", "3", "1", "10", "0", "1.2s", "12.5", "2+1/5", "4",
+                                "+1/-0", "unreachable"]
     assert lines[2].split()[:3] == ["-", "http://b:2", "DOWN"]
     assert lines[3] == "http://b:2: connection refused"
     # A status from a newer or older server with fields missing still renders.
@@ -350,3 +351,14 @@ def test_a_lost_answer_is_not_repeated_elsewhere_unless_safe(cluster, capsys, tm
             break
     assert code == cli.EXIT_UNAVAILABLE
     assert "timed out" in err and "may or may not have been applied" in err
+
+
+def test_bench_through_real_workers(cluster):
+    """The whole path: the CLI's bench against two servers and a real worker subprocess on each."""
+    cluster.worker(own=0, threads=1)
+    cluster.worker(own=1, threads=1)
+    proc = run_subprocess([s.url for s in cluster.servers], "bench", "--jobs", "500", "--body-bytes", "1000",
+                          "--iterations", "3", "--verify", "--json")
+    assert proc.returncode == 0, proc.stderr + proc.stdout + cluster.logs()
+    report = json.loads(proc.stdout)
+    assert (report["completed"], report["failed"], report["wrong"], report["foreign"]) == (500, 0, 0, 0)

@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import math
+import socket
 import statistics
 import threading
 from typing import Callable
@@ -16,7 +17,7 @@ from hypothesis import given, strategies as st
 
 from server import loadgen
 from server.loadgen import BenchConfig, BenchReport, percentile
-from tests.cluster import http, reference
+from tests.cluster import free_port, http, reference
 
 # -- a worker speaking the internal protocol -----------------------------------------------------
 
@@ -112,9 +113,17 @@ def test_chain_is_the_iterated_sha512():
 
 def test_config_rejects_nonsense():
     for bad in ({"servers": ()}, {"jobs": 0}, {"iterations": 0}, {"concurrency": 0}, {"body_bytes": -1},
-                {"timeout_s": 0}):
+                {"timeout_s": 0}, {"http_timeout_s": 0}, {"client": "curl"}, {"pull_interval_s": -1}):
         with pytest.raises(ValueError):
             BenchConfig(**{"servers": ("http://x:1",), **bad})
+
+
+def test_response_heads_are_parsed_strictly():
+    status, headers = loadgen._parse_head(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 2\r\nX-A:b:c")
+    assert status == 503 and headers["retry-after"] == "2" and headers["x-a"] == "b:c"
+    for bad in (b"SSH-2.0-OpenSSH", b"HTTP/1.1 abc OK", b""):
+        with pytest.raises(ValueError):
+            loadgen._parse_head(bad)
 
 
 # -- bookkeeping ---------------------------------------------------------------------------------
@@ -170,16 +179,19 @@ def urls(cluster):
     return tuple(s.url for s in cluster.servers)
 
 
-def test_throughput_run_over_both_servers_counts_foreign_results(cluster):
+@pytest.mark.parametrize("client", loadgen.CLIENTS)
+def test_throughput_run_over_both_servers_counts_foreign_results(cluster, client):
     stray = cluster.b.enqueue(b"not the bench's", 1)
     Completer(cluster.servers, cluster.token).step(cluster.b)  # completed, not pulled: someone else's result
-    cfg = BenchConfig(servers=urls(cluster), jobs=300, body_bytes=100, concurrency=16, verify=True, timeout_s=120)
+    cfg = BenchConfig(servers=urls(cluster), jobs=300, body_bytes=100, concurrency=16, verify=True, timeout_s=120,
+                      client=client)
     with Completer(cluster.servers, cluster.token):
         report = asyncio.run(loadgen.run(cfg))
     assert report.error is None, report.error
     assert (report.completed, report.failed, report.wrong, report.foreign) == (300, 0, 0, 1)
     assert report.ok and len(report.latencies_s) == 300 and all(x >= 0 for x in report.latencies_s)
     assert report.elapsed_s >= report.enqueue_s > 0
+    assert len(report.enqueue_latencies_s) == 300
     # The bench pulled everything, its own results and the stray one.
     assert cluster.a.pull(1000) == [] and cluster.b.pull(1000) == []
     assert cluster.b.work(stray).json()["status"] == "completed"
@@ -193,25 +205,49 @@ def test_throughput_run_reports_failed_jobs(make_cluster):
     assert report.complete and report.failed == 1 and not report.ok
 
 
-def test_latency_run_one_job_at_a_time(cluster):
-    cfg = BenchConfig(servers=urls(cluster), jobs=5, warmup=1, verify=True, timeout_s=120)
+@pytest.mark.parametrize("client", loadgen.CLIENTS)
+def test_latency_run_one_job_at_a_time(cluster, client):
+    cfg = BenchConfig(servers=urls(cluster), jobs=5, warmup=1, verify=True, timeout_s=120, client=client)
     with Completer(cluster.servers, cluster.token):
         report = asyncio.run(loadgen.run(cfg, latency=True))
     assert report.error is None and report.ok
     assert report.completed == 5 and len(report.latencies_s) == 5
+    assert all(0 < e <= total for e, total in zip(report.enqueue_latencies_s, report.latencies_s))
     # Latency mode leaves the results for pullCompleted: 6 jobs including the warm-up.
     assert len(cluster.a.pull(1000)) == 6
 
 
-def test_refused_jobs_stop_the_run_with_the_server_message(make_cluster):
+@pytest.mark.parametrize("client", loadgen.CLIENTS)
+def test_refused_jobs_stop_the_run_with_the_server_message(make_cluster, client):
     c = make_cluster(launcher="none", max_body_bytes=1000)
-    report = asyncio.run(loadgen.run(BenchConfig(servers=urls(c), jobs=10, body_bytes=2000, timeout_s=60)))
+    report = asyncio.run(loadgen.run(BenchConfig(servers=urls(c), jobs=10, body_bytes=2000, timeout_s=60,
+                                                 client=client)))
     assert report.completed == 0 and not report.complete
-    assert "HTTP 413" in report.error and "limit" in report.error
+    assert "HTTP 413" in report.error and "limit" in report.error and report.error_kind == "refused"
 
 
-def test_no_server_reachable_is_a_clear_error(tmp_path):
-    from tests.cluster import free_port
+@pytest.mark.parametrize("client", loadgen.CLIENTS)
+def test_no_server_reachable_is_a_clear_error(client):
     dead = (f"http://127.0.0.1:{free_port()}",)
-    report = asyncio.run(loadgen.run(BenchConfig(servers=dead, jobs=3, timeout_s=30)))
+    report = asyncio.run(loadgen.run(BenchConfig(servers=dead, jobs=3, timeout_s=30, client=client)))
     assert report.error.startswith("no server accepts jobs") and "connection refused" in report.error
+    assert report.error_kind == "unreachable"
+
+
+@pytest.fixture
+def silent_url():
+    """A server that accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("client", loadgen.CLIENTS)
+def test_an_unanswered_enqueue_stops_the_run_instead_of_being_sent_twice(cluster, silent_url, client):
+    cfg = BenchConfig(servers=(silent_url, cluster.a.url), jobs=4, concurrency=2, http_timeout_s=0.5, timeout_s=60,
+                      client=client)
+    report = asyncio.run(loadgen.run(cfg))
+    assert report.error == f"{silent_url} gave no answer to an enqueue: timed out"
+    assert report.error_kind == "lost"
+    assert not report.complete

@@ -1,7 +1,14 @@
-"""native.chain / native.chain_many against known answers and hashlib (the backend in use)."""
+"""native.chain / native.chain_many against known answers and hashlib, every backend in turn.
+
+Each test runs once per backend (scalar, avx2, avx512), skipped where this CPU lacks it; the
+`DYNWORK_HASH_BACKEND` variable itself is tested in subprocesses at the end.
+"""
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 
@@ -13,6 +20,17 @@ import native
 from native_support import PADDING_BOUNDARIES, load_vectors, reference
 
 VECTORS = load_vectors()
+
+
+@pytest.fixture(autouse=True, params=native.BACKENDS)
+def backend(request):
+    name = request.param
+    if name not in native.available_backends():
+        pytest.skip(f"this CPU has no {name}")
+    before = native.backend()
+    native._use_backend(name)
+    yield name
+    native._use_backend(before)
 
 
 def random_body(length: int, seed: int) -> bytes:
@@ -114,10 +132,50 @@ def test_bad_job_shapes(job):
         native.chain_many([job])
 
 
-def test_backend_reporting():
-    assert native.backend() in native.available_backends()
+def test_the_expected_build_is_under_test():
+    """native/sanitize.sh runs these tests against its instrumented build; make sure they do."""
+    expected = os.environ.get("DYNWORK_NATIVE_EXPECT_DIR")
+    if expected:
+        assert os.path.dirname(native.__file__) == expected
+
+
+def test_backend_reporting(backend):
+    assert native.backend() == backend
     assert "scalar" in native.available_backends()
-    assert native.lanes() >= 1
+    assert native.lanes() == {"scalar": 1, "avx2": 4, "avx512": 16}[backend]
+
+
+def test_more_jobs_than_lanes_retiring_at_different_steps():
+    """Lanes are refilled as they finish; long bodies and long chains mix with short ones."""
+    jobs = []
+    for i in range(3 * native.lanes() + 5):
+        length = [0, 64, 127, 128, 20_000, 300 * 1024][i % 6]
+        iterations = [1, 2, 1000, 37, 1, 4999][(i * 5) % 6]
+        jobs.append((random_body(length, i), iterations))
+    assert native.chain_many(jobs) == [reference(b, n) for b, n in jobs]
+
+
+def _import_with_env(value: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DYNWORK_HASH_BACKEND=value)
+    code = "import native; print(native.backend(), native.lanes())"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_env_var_forces_backend(backend):
+    proc = _import_with_env(backend.upper())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == backend
+
+
+@pytest.mark.parametrize("value", ["avx512", "sse9", "gpu"])
+def test_env_var_unavailable_backend_fails_loudly(backend, value):
+    if backend != "scalar":
+        pytest.skip("independent of the selected backend")
+    if value in native.available_backends():
+        pytest.skip(f"this CPU has {value}")
+    proc = _import_with_env(value)
+    assert proc.returncode != 0
+    assert "DYNWORK_HASH_BACKEND" in proc.stderr and value in proc.stderr
 
 
 @pytest.mark.parametrize("call", ["chain", "chain_many"])

@@ -1,0 +1,101 @@
+"""Iterations per second of the SHA-512 chain: `python -m native.bench [--quick]`.
+
+One run measures the Python hashlib loop, every backend this CPU has on one chain and on batches
+of 8/16/32/64 chains (one `chain_many` call on one thread), and 2 threads each running
+`chain_many` over half of 64 jobs (the worker's shape). Every figure comes with its ratio to the
+hashlib loop, which is measured at the start and at the end of the run (the ratio uses their
+mean) so a noisy shared machine shows up instead of skewing one side.
+
+Single-thread rates are per CPU second of the measuring thread (`time.thread_time`), so time
+lost to other processes on a shared machine does not count; the 2-thread row gives both the
+wall-clock rate and the rate per CPU second (per core).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import threading
+import time
+
+import native
+
+BODY = bytes(range(64))
+
+
+def hashlib_loop(iterations: int) -> bytes:
+    sha512 = hashlib.sha512
+    out = sha512(BODY).digest()
+    for _ in range(iterations - 1):
+        out = sha512(out).digest()
+    return out
+
+
+def rate(fn, iterations: int) -> float:
+    """Iterations per CPU second of fn() on this thread, best of 3."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - start)
+    return iterations / best
+
+
+def threaded_rate(jobs: list[tuple[bytes, int]], threads: int) -> tuple[float, float]:
+    """(iterations per wall second, iterations per CPU second) of `threads` chain_many calls."""
+    parts = [jobs[i::threads] for i in range(threads)]
+    workers = [threading.Thread(target=native.chain_many, args=(part,)) for part in parts]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    total = sum(n for _, n in jobs)
+    return total / wall, total / cpu
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m native.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the work (a smoke test, noisier)")
+    args = parser.parse_args(argv)
+    scale = 10 if args.quick else 1
+    one_chain = 1_000_000 // scale
+    batch_total = 4_000_000 // scale
+    worker_iterations = 1_000_000 // scale
+
+    rows: list[tuple[str, float]] = []
+    start_hashlib = rate(lambda: hashlib_loop(one_chain), one_chain)
+    check = hashlib_loop(1000)
+    original = native.backend()
+    available = native.available_backends()
+    try:
+        for name in available:
+            native._use_backend(name)
+            assert native.chain_many([(BODY, 1000)]) == [check], name
+            if name == "scalar":
+                rows.append(("scalar chain()", rate(lambda: native.chain(BODY, one_chain), one_chain)))
+            rows.append((f"{name} chain_many x1", rate(lambda: native.chain_many([(BODY, one_chain)]), one_chain)))
+            for size in (8, 16, 32, 64):
+                per = batch_total // size
+                jobs = [(bytes([i]) + BODY, per) for i in range(size)]
+                rows.append((f"{name} chain_many x{size}", rate(lambda: native.chain_many(jobs), per * size)))
+        native._use_backend(original)
+        jobs = [(bytes([i]) + BODY, worker_iterations) for i in range(64)]
+        wall, per_cpu = threaded_rate(jobs, 2)
+        label = f"{original} 2 threads x chain_many, 64 jobs x {worker_iterations:,}"
+        rows.append((f"{label}, wall", wall))
+        rows.append((f"{label}, per core", per_cpu))
+    finally:
+        native._use_backend(original)
+    end_hashlib = rate(lambda: hashlib_loop(one_chain), one_chain)
+    base = (start_hashlib + end_hashlib) / 2
+
+    print(f"backends: {', '.join(available)} (default {original}, {native.lanes()} lanes)")
+    print(f"{'hashlib loop (start)':<68} {start_hashlib / 1e6:8.2f} M it/s")
+    print(f"{'hashlib loop (end)':<68} {end_hashlib / 1e6:8.2f} M it/s")
+    for label, value in rows:
+        print(f"{label:<68} {value / 1e6:8.2f} M it/s {value / base:7.2f}x hashlib")
+
+
+if __name__ == "__main__":
+    main()

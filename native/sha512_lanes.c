@@ -1,0 +1,168 @@
+/* The multi-buffer driver: runs n jobs through a lane kernel, one chain per lane.
+ *
+ * Each lane holds one job at a time and moves through two phases: the body (its full 128-byte
+ * blocks, then 1 or 2 padded tail blocks) and the chain (iterations - 1 steps on 64-byte
+ * messages). While any lane is in its body phase the kernel compresses one block per lane per
+ * call, chain lanes taking their next step in the same call; once every busy lane is chaining, the
+ * kernel runs as many steps as the nearest finishing lane needs without leaving its registers. A
+ * lane that finishes is refilled with the next job at once, so no lane idles while jobs remain.
+ */
+#include <string.h>
+
+#include "sha512_impl.h"
+
+#define MAX_LANES 16
+
+enum { IDLE, BODY, CHAIN };
+
+typedef struct {
+    int phase;
+    size_t job;
+    const uint8_t *next; /* next full block of the body */
+    size_t full_left;    /* full blocks not yet compressed */
+    int tail_blocks;     /* padded tail blocks (1 or 2) */
+    int tail_done;
+    uint64_t steps_left; /* chain steps after the body */
+    uint8_t tail[256];
+} lane_t;
+
+typedef struct {
+    const dw_lane_kernel *k;
+    size_t n, next_job, busy;
+    const uint8_t *const *data;
+    const size_t *lens;
+    const uint64_t *iterations;
+    uint8_t *out;
+    lane_t lane[MAX_LANES];
+    uint64_t st[8 * MAX_LANES]; /* [word][lane] */
+    uint64_t w[16 * MAX_LANES];
+} run_t;
+
+static void assign(run_t *r, int l)
+{
+    lane_t *ln = &r->lane[l];
+    int L = r->k->lanes;
+    if (r->next_job >= r->n) {
+        ln->phase = IDLE;
+        return;
+    }
+    size_t j = r->next_job++;
+    size_t len = r->lens[j];
+    ln->phase = BODY;
+    ln->job = j;
+    ln->next = r->data[j];
+    ln->full_left = len / 128;
+    ln->tail_blocks = dw_tail_blocks(r->data[j] + 128 * ln->full_left, len % 128, len, ln->tail);
+    ln->tail_done = 0;
+    ln->steps_left = r->iterations[j] - 1;
+    for (int i = 0; i < 8; i++)
+        r->st[i * L + l] = dw_IV[i];
+    r->busy++;
+}
+
+/* Stores a finished lane's digest and refills the lane. */
+static void retire(run_t *r, int l)
+{
+    uint64_t h[8];
+    int L = r->k->lanes;
+    for (int i = 0; i < 8; i++)
+        h[i] = r->st[i * L + l];
+    dw_store_digest(h, r->out + 64 * r->lane[l].job);
+    r->busy--;
+    assign(r, l);
+}
+
+/* One block per lane: body lanes compress their next block, chain lanes take one step. */
+static void mixed_step(run_t *r)
+{
+    int L = r->k->lanes;
+    for (int l = 0; l < L; l++) {
+        lane_t *ln = &r->lane[l];
+        if (ln->phase == BODY) {
+            const uint8_t *block = ln->full_left ? ln->next : ln->tail + 128 * ln->tail_done;
+            for (int i = 0; i < 16; i++)
+                r->w[i * L + l] = dw_load_be64(block + 8 * i);
+        } else if (ln->phase == CHAIN) {
+            for (int i = 0; i < 8; i++) {
+                r->w[i * L + l] = r->st[i * L + l];
+                r->st[i * L + l] = dw_IV[i];
+            }
+            r->w[8 * L + l] = DW_PAD8;
+            for (int i = 9; i < 15; i++)
+                r->w[i * L + l] = 0;
+            r->w[15 * L + l] = DW_LEN64;
+        } else {
+            for (int i = 0; i < 16; i++)
+                r->w[i * L + l] = 0;
+        }
+    }
+    r->k->block(r->st, r->w);
+    for (int l = 0; l < L; l++) {
+        lane_t *ln = &r->lane[l];
+        if (ln->phase == BODY) {
+            if (ln->full_left) {
+                ln->full_left--;
+                ln->next += 128;
+            } else if (++ln->tail_done == ln->tail_blocks) {
+                ln->phase = CHAIN;
+            }
+        } else if (ln->phase == CHAIN) {
+            ln->steps_left--;
+        }
+        if (ln->phase == CHAIN && ln->steps_left == 0)
+            retire(r, l);
+    }
+}
+
+void dw_lanes_run(const dw_lane_kernel *k, size_t n, const uint8_t *const *data,
+                  const size_t *lens, const uint64_t *iterations, uint8_t *out)
+{
+    run_t r;
+    int L = k->lanes;
+    memset(&r, 0, sizeof r);
+    r.k = k;
+    r.n = n;
+    r.data = data;
+    r.lens = lens;
+    r.iterations = iterations;
+    r.out = out;
+    for (int l = 0; l < L; l++)
+        assign(&r, l);
+    while (r.busy) {
+        int any_body = 0;
+        uint64_t least = UINT64_MAX;
+        for (int l = 0; l < L; l++) {
+            if (r.lane[l].phase == BODY)
+                any_body = 1;
+            else if (r.lane[l].phase == CHAIN && r.lane[l].steps_left < least)
+                least = r.lane[l].steps_left;
+        }
+        if (any_body) {
+            mixed_step(&r);
+            continue;
+        }
+        if (r.next_job >= n && r.busy <= (size_t)k->scalar_below) {
+            /* Too few chains left to pay for the vector width: finish them one at a time. */
+            for (int l = 0; l < L; l++) {
+                if (r.lane[l].phase != CHAIN)
+                    continue;
+                uint64_t h[8];
+                for (int i = 0; i < 8; i++)
+                    h[i] = r.st[i * L + l];
+                dw_scalar_steps(h, r.lane[l].steps_left);
+                dw_store_digest(h, out + 64 * r.lane[l].job);
+                r.lane[l].phase = IDLE;
+                r.busy--;
+            }
+            continue;
+        }
+        k->chain(r.st, least);
+        for (int l = 0; l < L; l++) {
+            if (r.lane[l].phase != CHAIN)
+                continue;
+            r.lane[l].steps_left -= least;
+            if (r.lane[l].steps_left == 0)
+                retire(&r, l);
+        }
+    }
+}

@@ -1,0 +1,136 @@
+/* Lane kernels as a template over GCC/Clang vector extensions. The including file defines
+ *   DW_TARGET     the function attribute, e.g. __attribute__((target("avx2")))
+ *   DW_VW         64-bit words per vector (4 for AVX2, 8 for AVX-512)
+ *   DW_GROUPS     vectors interleaved per round (independent chains hide the op latency)
+ *   DW_NAME(x)    the name prefix for this kernel's functions
+ * and optionally DW_ROR(x, n) when the target has a vector rotate.
+ * Lanes = DW_VW * DW_GROUPS; words are laid out [word][lane] in memory. */
+#include "sha512_impl.h"
+
+#define DW_LANES (DW_VW * DW_GROUPS)
+
+typedef uint64_t DW_NAME(v) __attribute__((vector_size(8 * DW_VW)));
+#define V DW_NAME(v)
+
+#ifndef DW_ROR
+#define DW_ROR(x, n) (((x) >> (n)) | ((x) << (64 - (n))))
+#endif
+#define VBSIG0(x) (DW_ROR(x, 28) ^ DW_ROR(x, 34) ^ DW_ROR(x, 39))
+#define VBSIG1(x) (DW_ROR(x, 14) ^ DW_ROR(x, 18) ^ DW_ROR(x, 41))
+#define VSSIG0(x) (DW_ROR(x, 1) ^ DW_ROR(x, 8) ^ ((x) >> 7))
+#define VSSIG1(x) (DW_ROR(x, 19) ^ DW_ROR(x, 61) ^ ((x) >> 6))
+
+/* g loops over the interleaved groups; with constant bounds they unroll into registers. */
+#define VW_AT(i, g)                                                                     \
+    ((i) < 16 ? w[(i)&15][g]                                                            \
+              : (w[(i)&15][g] += VSSIG1(w[((i)-2) & 15][g]) + w[((i)-7) & 15][g] +      \
+                                 VSSIG0(w[((i)-15) & 15][g])))
+
+/* As the scalar round: h takes K + W early; Maj(a,b,c) = ((a^b) & (b^c)) ^ b with this round's
+ * a^b kept as the next round's b^c (ab and bc alternate between x_ and y_). */
+#define VROUND(a, b, c, d, e, f, g_, h, i, ab, bc)                                      \
+    for (int g = 0; g < DW_GROUPS; g++) {                                               \
+        h[g] += dw_K[i] + VW_AT(i, g);                                                  \
+        h[g] += VBSIG1(e[g]) + (((f[g] ^ g_[g]) & e[g]) ^ g_[g]);                       \
+        d[g] += h[g];                                                                   \
+        ab[g] = a[g] ^ b[g];                                                            \
+        h[g] += VBSIG0(a[g]) + ((ab[g] & bc[g]) ^ b[g]);                                \
+    }
+
+#define VROUNDS8(i)                                                                     \
+    VROUND(a, b, c, d, e, f, gg, h, (i) + 0, x_, y_);                                   \
+    VROUND(h, a, b, c, d, e, f, gg, (i) + 1, y_, x_);                                   \
+    VROUND(gg, h, a, b, c, d, e, f, (i) + 2, x_, y_);                                   \
+    VROUND(f, gg, h, a, b, c, d, e, (i) + 3, y_, x_);                                   \
+    VROUND(e, f, gg, h, a, b, c, d, (i) + 4, x_, y_);                                   \
+    VROUND(d, e, f, gg, h, a, b, c, (i) + 5, y_, x_);                                   \
+    VROUND(c, d, e, f, gg, h, a, b, (i) + 6, x_, y_);                                   \
+    VROUND(b, c, d, e, f, gg, h, a, (i) + 7, y_, x_)
+
+#define VROUNDS80                                                                       \
+    V x_[DW_GROUPS], y_[DW_GROUPS];                                                     \
+    for (int g = 0; g < DW_GROUPS; g++)                                                 \
+        y_[g] = b[g] ^ c[g];                                                            \
+    VROUNDS8(0); VROUNDS8(8); VROUNDS8(16); VROUNDS8(24); VROUNDS8(32);                 \
+    VROUNDS8(40); VROUNDS8(48); VROUNDS8(56); VROUNDS8(64); VROUNDS8(72)
+
+/* Unaligned vector load and store (macros: no vector-typed arguments cross a call). */
+#define VLOAD(p)                                                                        \
+    __extension__({                                                                     \
+        V v_;                                                                           \
+        __builtin_memcpy(&v_, (p), sizeof v_);                                          \
+        v_;                                                                             \
+    })
+#define VSTORE(p, v)                                                                    \
+    do {                                                                                \
+        V v_ = (v);                                                                     \
+        __builtin_memcpy((p), &v_, sizeof v_);                                          \
+    } while (0)
+
+DW_TARGET static void DW_NAME(block)(uint64_t *st, const uint64_t *win)
+{
+    V w[16][DW_GROUPS], a[DW_GROUPS], b[DW_GROUPS], c[DW_GROUPS], d[DW_GROUPS];
+    V e[DW_GROUPS], f[DW_GROUPS], gg[DW_GROUPS], h[DW_GROUPS];
+    for (int g = 0; g < DW_GROUPS; g++) {
+        for (int i = 0; i < 16; i++)
+            w[i][g] = VLOAD(win + i * DW_LANES + g * DW_VW);
+        a[g] = VLOAD(st + 0 * DW_LANES + g * DW_VW);
+        b[g] = VLOAD(st + 1 * DW_LANES + g * DW_VW);
+        c[g] = VLOAD(st + 2 * DW_LANES + g * DW_VW);
+        d[g] = VLOAD(st + 3 * DW_LANES + g * DW_VW);
+        e[g] = VLOAD(st + 4 * DW_LANES + g * DW_VW);
+        f[g] = VLOAD(st + 5 * DW_LANES + g * DW_VW);
+        gg[g] = VLOAD(st + 6 * DW_LANES + g * DW_VW);
+        h[g] = VLOAD(st + 7 * DW_LANES + g * DW_VW);
+    }
+    VROUNDS80;
+    for (int g = 0; g < DW_GROUPS; g++) {
+        V *out[8] = {a, b, c, d, e, f, gg, h};
+        for (int i = 0; i < 8; i++) {
+            uint64_t *p = st + i * DW_LANES + g * DW_VW;
+            VSTORE(p, VLOAD(p) + out[i][g]);
+        }
+    }
+}
+
+DW_TARGET static void DW_NAME(chain)(uint64_t *st, uint64_t steps)
+{
+    V s[8][DW_GROUPS];
+    for (int i = 0; i < 8; i++)
+        for (int g = 0; g < DW_GROUPS; g++)
+            s[i][g] = VLOAD(st + i * DW_LANES + g * DW_VW);
+    for (uint64_t n = 0; n < steps; n++) {
+        V w[16][DW_GROUPS], a[DW_GROUPS], b[DW_GROUPS], c[DW_GROUPS], d[DW_GROUPS];
+        V e[DW_GROUPS], f[DW_GROUPS], gg[DW_GROUPS], h[DW_GROUPS];
+        for (int g = 0; g < DW_GROUPS; g++) {
+            for (int i = 0; i < 8; i++)
+                w[i][g] = s[i][g];
+            w[8][g] = (V){} + DW_PAD8;
+            for (int i = 9; i < 15; i++)
+                w[i][g] = (V){};
+            w[15][g] = (V){} + DW_LEN64;
+            a[g] = (V){} + dw_IV[0];
+            b[g] = (V){} + dw_IV[1];
+            c[g] = (V){} + dw_IV[2];
+            d[g] = (V){} + dw_IV[3];
+            e[g] = (V){} + dw_IV[4];
+            f[g] = (V){} + dw_IV[5];
+            gg[g] = (V){} + dw_IV[6];
+            h[g] = (V){} + dw_IV[7];
+        }
+        VROUNDS80;
+        for (int g = 0; g < DW_GROUPS; g++) {
+            s[0][g] = a[g] + dw_IV[0];
+            s[1][g] = b[g] + dw_IV[1];
+            s[2][g] = c[g] + dw_IV[2];
+            s[3][g] = d[g] + dw_IV[3];
+            s[4][g] = e[g] + dw_IV[4];
+            s[5][g] = f[g] + dw_IV[5];
+            s[6][g] = gg[g] + dw_IV[6];
+            s[7][g] = h[g] + dw_IV[7];
+        }
+    }
+    for (int i = 0; i < 8; i++)
+        for (int g = 0; g < DW_GROUPS; g++)
+            VSTORE(st + i * DW_LANES + g * DW_VW, s[i][g]);
+}

@@ -15,10 +15,10 @@ $(STAMP): pyproject.toml setup.py native/build.py $(wildcard native/*.c native/*
 venv: $(STAMP)
 
 up: venv
-	$(PY) -m server.cluster up
+	$(VENV)/bin/ansible-playbook site.yml
 
 down:
-	@if [ -x $(PY) ]; then $(PY) -m server.cluster down; fi
+	@if [ -x $(VENV)/bin/ansible-playbook ]; then $(VENV)/bin/ansible-playbook playbooks/teardown.yml; fi
 
 test: venv
 	$(PY) -m pytest

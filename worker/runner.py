@@ -28,6 +28,7 @@ MAX_HELD = 2048  # never hold more jobs than this, however fast they go
 HEARTBEAT_MAX_S = 5.0  # well inside the server's worker_dead_s (15 s by default)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 FLUSH_ATTEMPTS_ON_EXIT = 5
+INLINE_HASH_MAX = 512  # compressions (~0.1 ms) a batch may need to be hashed on the event loop
 
 Hasher = Callable[[Sequence[tuple[bytes, int]]], list[bytes]]
 
@@ -227,8 +228,11 @@ class Worker:
             self._room.set()
             started = time.monotonic()
             try:
-                digests = await loop.run_in_executor(self._pool, self.hasher,
-                                                     [(j.body, j.iterations) for j in batch])
+                jobs = [(j.body, j.iterations) for j in batch]
+                if sum(n + len(b) // 128 for b, n in jobs) <= INLINE_HASH_MAX:
+                    digests = self.hasher(jobs)  # microseconds: a thread hand-off would cost more
+                else:
+                    digests = await loop.run_in_executor(self._pool, self.hasher, jobs)
             except Exception as exc:  # noqa: BLE001 - reported per job; the server retries or fails it
                 log.exception("hashing a batch of %d failed", len(batch))
                 for job in batch:

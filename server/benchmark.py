@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import secrets
@@ -78,6 +79,26 @@ async def http_ceiling(url: str, requests: int, concurrency: int, body: bytes) -
         await transport.close()
 
 
+def hashlib_rate(seconds: float = 1.0) -> float:
+    """Iterations per second of the plain Python loop, the baseline of the hashing figures."""
+    digest, done, start = hashlib.sha512(b"x" * 64).digest(), 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10_000):
+            digest = hashlib.sha512(digest).digest()
+        done += 10_000
+    return done / (time.perf_counter() - start)
+
+
+def long_jobs(servers: tuple[str, ...], jobs: int, iterations: int) -> float:
+    """Iterations per second of the fleet on long jobs, enqueue of the first to result of the last."""
+    report = asyncio.run(loadgen.run(loadgen.BenchConfig(servers, jobs=jobs, iterations=iterations,
+                                                         body_bytes=64, concurrency=8, verify=False,
+                                                         timeout_s=600)))
+    if not report.ok:
+        raise SystemExit(f"benchmark: long jobs failed: {report.error}")
+    return jobs * iterations / report.elapsed_s
+
+
 # -- the system under test -------------------------------------------------------------------------
 
 class Cluster:
@@ -94,7 +115,8 @@ class Cluster:
         for i, port in enumerate(self.ports):
             argv = [sys.executable, "-m", "server", "--port", str(port), "--peer", self.urls[1 - i],
                     "--state-dir", str(self.base / f"s{port}"), "--token-file", str(self.token_file),
-                    "--launcher", "local", "--min-workers", "1", "--max-workers", "1", "--log-level", "WARNING"]
+                    "--launcher", "local", "--min-workers", "1", "--max-workers", "1", "--worker-threads", "1",
+                    "--log-level", "WARNING"]
             log = open(self.base / f"s{port}.log", "ab")
             self.procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
         for url in self.urls:
@@ -118,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-jobs", type=int, default=300, help="jobs in the latency run (default 300)")
     parser.add_argument("--body-bytes", type=int, default=64)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--long-jobs", type=int, default=64, help="jobs of --long-iterations (default 64)")
+    parser.add_argument("--long-iterations", type=int, default=1_000_000)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--null-server", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -147,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             latency = asyncio.run(loadgen.run(loadgen.BenchConfig(
                 servers, jobs=args.latency_jobs, iterations=1, body_bytes=args.body_bytes, warmup=20,
                 verify=True), latency=True))
+            hashlib_its = hashlib_rate()
+            fleet_its = long_jobs(servers, args.long_jobs, args.long_iterations)
         finally:
             cluster.stop()
 
@@ -160,12 +186,17 @@ def main(argv: list[str] | None = None) -> int:
         "throughput_latency_ms": {k: round(v, 2) for k, v in e2e.items()},
         "warm_latency_ms": {k: round(v, 2) for k, v in lat.items()},
         "latency_ok": latency.ok,
+        "hashlib_loop_it_per_s": round(hashlib_its),
+        "workers_2_threads_it_per_s": round(fleet_its),
+        "workers_ratio_to_hashlib": round(fleet_its / hashlib_its, 2),
     }
     print(f"baseline: bare aiohttp PUT /enqueue        {ceiling:10.0f} req/s")
     print(f"dynwork: enqueue -> pullCompleted, 2 servers {through.jobs_per_s:10.0f} jobs/s "
           f"({through.jobs_per_s / ceiling:.2f}x baseline; {through.completed}/{args.jobs} ok={through.ok})")
     print(f"warm 1-iteration job, enqueue -> result:     p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms "
           f"({latency.completed} jobs, ok={latency.ok})")
+    print(f"hashing: {args.long_jobs} jobs x {args.long_iterations} iterations, 2 workers x 1 thread: "
+          f"{fleet_its / 1e6:.2f} M it/s = {fleet_its / hashlib_its:.2f}x the hashlib loop ({hashlib_its / 1e6:.2f} M it/s, one thread)")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     return 0 if through.ok and latency.ok else 1

@@ -76,7 +76,7 @@ async def local_work(node: Node, work_id: str, wait_s: float) -> dict | None:
     _, seq, nonce = parsed
     if wait_s > 0:
         await node.scheduler.wait_finished(seq, wait_s)
-    row = await node.store.get(seq)
+    row = node.store.get(seq)
     if row is None or row.nonce != nonce:
         return None
     return work_status(node, row)

@@ -76,6 +76,7 @@ class Store:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._reader: sqlite3.Connection | None = None
         self.commits = 0
         # Leases and results need not survive a power loss: lost, the job is just computed again.
         # Their commits skip the fsync (still safe against a process crash); a later durable
@@ -96,6 +97,8 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._loop = asyncio.get_running_loop()
         conn = await asyncio.to_thread(self._connect)
+        # Point reads on the event loop need no thread hop; WAL lets them run beside the writer.
+        self._reader = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
         self._thread = threading.Thread(target=self._run, args=(conn,), name="store-writer", daemon=True)
         self._thread.start()
 
@@ -105,6 +108,8 @@ class Store:
         self._closed = True
         self._ops.put(None)
         await asyncio.to_thread(self._thread.join)
+        if self._reader is not None:
+            self._reader.close()
 
     # -- the writer thread -----------------------------------------------------------------
     def _run(self, conn: sqlite3.Connection) -> None:
@@ -169,6 +174,15 @@ class Store:
         self._ops.put((fn, future, durable))
         return await future
 
+    def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        """A short read on the calling (event-loop) thread, from what is committed."""
+        if self._closed or self._reader is None:
+            raise StoreError("store is closed")
+        try:
+            return fn(self._reader)
+        except sqlite3.Error as exc:
+            raise _as_store_error(exc) from None
+
     # -- operations ------------------------------------------------------------------------
     async def check_identity(self, name: str) -> None:
         """Refuse a state dir that belongs to a server of another name (its ids would lie)."""
@@ -191,7 +205,9 @@ class Store:
         return await self.run(op)
 
     async def lease(self, seqs: Sequence[int], worker: str) -> list[tuple[int, bytes, str]]:
-        """Mark jobs running for a worker, count the attempt; (seq, body, nonce) of each (gone: skipped)."""
+        """Mark jobs running for a worker, count the attempt; (seq, body, nonce) of each (gone: skipped).
+
+        In the writer thread, not on the event loop: big leases read megabytes of bodies."""
         def op(conn: sqlite3.Connection) -> list[tuple[int, bytes, str]]:
             conn.executemany("UPDATE jobs SET state = 1, attempts = attempts + 1, worker = ? WHERE seq = ? AND state = 0",
                              [(worker, s) for s in seqs])
@@ -230,11 +246,9 @@ class Store:
                              " WHERE seq = ? AND state = 1", [(refund, s) for s in seqs])
         await self.run(op)
 
-    async def get(self, seq: int) -> JobRow | None:
-        def op(conn: sqlite3.Connection) -> JobRow | None:
-            row = conn.execute(f"SELECT {_ROW_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone()
-            return _job_row(row) if row else None
-        return await self.run(op, durable=False)
+    def get(self, seq: int) -> JobRow | None:
+        row = self._read(lambda c: c.execute(f"SELECT {_ROW_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone())
+        return _job_row(row) if row else None
 
     async def pull(self, top: int) -> list[JobRow]:
         """Hand out up to `top` finished, undelivered jobs, newest first, and mark them delivered."""

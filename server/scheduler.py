@@ -158,7 +158,8 @@ class Scheduler:
                 if fut in self._lease_waiters:
                     self._lease_waiters.remove(fut)
         try:
-            rows = {seq: (body, nonce) for seq, body, nonce in await self.store.lease([j.seq for j in jobs], worker)}
+            leased = await self.store.lease([j.seq for j in jobs], worker, sum(j.size for j in jobs))
+            rows = {seq: (body, nonce) for seq, body, nonce in leased}
         except BaseException:
             self._unlease(jobs, worker)  # nothing was handed out
             raise

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING, COMPLETED, FAILED = 0, 1, 2, 3
 STATE_NAMES = {QUEUED: "queued", RUNNING: "running", COMPLETED: "completed", FAILED: "failed"}
 MAX_BATCH = 2000
+SMALL_LEASE_JOBS, SMALL_LEASE_BYTES = 4, 256 << 10  # read on the event loop up to this
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -168,11 +169,16 @@ class Store:
     async def run(self, fn: Callable[[sqlite3.Connection], Any], *, durable: bool = True) -> Any:
         """Run fn(conn) in the next group commit; returns once it is committed (and, when
         durable, synced to disk)."""
+        return await self._queue(fn, durable=durable)
+
+    def _queue(self, fn: Callable[[sqlite3.Connection], Any], *, durable: bool) -> asyncio.Future:
+        """Queue fn(conn) for the next group commit; the future resolves once it is committed.
+        Operations commit in the order they are queued."""
         if self._closed or self._thread is None:
             raise StoreError("store is closed")
         future = self._loop.create_future()
         self._ops.put((fn, future, durable))
-        return await future
+        return future
 
     def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         """A short read on the calling (event-loop) thread, from what is committed."""
@@ -204,13 +210,22 @@ class Store:
             return cur.lastrowid
         return await self.run(op)
 
-    async def lease(self, seqs: Sequence[int], worker: str) -> list[tuple[int, bytes, str]]:
+    async def lease(self, seqs: Sequence[int], worker: str, nbytes: int) -> list[tuple[int, bytes, str]]:
         """Mark jobs running for a worker, count the attempt; (seq, body, nonce) of each (gone: skipped).
 
-        In the writer thread, not on the event loop: big leases read megabytes of bodies."""
+        A small lease (the latency case) is read on the event loop and its record queued without
+        waiting: the record only matters after a restart, where a job it missed is queued again
+        instead of running. Big leases (megabytes of bodies) go through the writer thread."""
+        if len(seqs) <= SMALL_LEASE_JOBS and nbytes <= SMALL_LEASE_BYTES:
+            marks = ",".join("?" * len(seqs))
+            rows = self._read(lambda c: c.execute(
+                f"SELECT seq, body, nonce FROM jobs WHERE seq IN ({marks}) AND state < 2", list(seqs)).fetchall())
+            record = self._queue(_mark_leased([seq for seq, _, _ in rows], worker), durable=False)
+            record.add_done_callback(_log_lease_record_failure)
+            return [(seq, bytes(body), nonce) for seq, body, nonce in rows]
+
         def op(conn: sqlite3.Connection) -> list[tuple[int, bytes, str]]:
-            conn.executemany("UPDATE jobs SET state = 1, attempts = attempts + 1, worker = ? WHERE seq = ? AND state = 0",
-                             [(worker, s) for s in seqs])
+            _mark_leased(seqs, worker)(conn)
             bodies = []
             for seq in seqs:
                 row = conn.execute("SELECT body, nonce FROM jobs WHERE seq = ? AND state = 1", (seq,)).fetchone()
@@ -291,6 +306,19 @@ def _as_store_error(exc: BaseException) -> StoreError:
     if isinstance(exc, StoreError):
         return exc
     return StoreError(f"{type(exc).__name__}: {exc}")
+
+
+def _mark_leased(seqs: Sequence[int], worker: str) -> Callable[[sqlite3.Connection], None]:
+    def op(conn: sqlite3.Connection) -> None:
+        conn.executemany("UPDATE jobs SET state = 1, attempts = attempts + 1, worker = ? WHERE seq = ? AND state = 0",
+                         [(worker, s) for s in seqs])
+    return op
+
+
+def _log_lease_record_failure(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("recording a lease failed (the job is only queued again after a restart): %s",
+                    future.exception())
 
 
 def _resolve_all(outcomes: list) -> None:

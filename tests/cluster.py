@@ -1,7 +1,7 @@
-"""Real servers and workers as subprocesses on loopback ports, for the tests."""
+"""Real servers and workers as subprocesses on loopback ports, for the tests, and `Completer`,
+which speaks the real internal worker protocol (lease, complete) with hashlib."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
@@ -9,21 +9,21 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from tests.native_support import reference as native_reference
+
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_S = 60.0
 
 
 def reference(body: bytes, iterations: int) -> str:
-    digest = hashlib.sha512(body).digest()
-    for _ in range(iterations - 1):
-        digest = hashlib.sha512(digest).digest()
-    return digest.hex()
+    return native_reference(body, iterations).hex()
 
 
 def free_port() -> int:
@@ -261,3 +261,53 @@ class Cluster:
         parts = [f"--- {s.name} ---\n{s.log_tail()}" for s in self.servers]
         parts += [f"--- worker {i} ---\n{w.log_tail()}" for i, w in enumerate(self.workers)]
         return "\n".join(parts)
+
+
+class Completer:
+    """A thread that leases jobs from the servers and completes them with hashlib; ids listed in
+    `fail` accepts are reported as failures instead. Use as a context manager."""
+
+    def __init__(self, servers, token: str, fail: Callable[[str], bool] = lambda work_id: False) -> None:
+        self.servers = list(servers)
+        self.token = token
+        self.fail = fail
+        self.stop = threading.Event()
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Completer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.errors, self.errors
+
+    def step(self, server, wait_s: float = 0.2, max_jobs: int = 512) -> dict[str, str | None]:
+        """One lease-and-complete round on one server: work id -> result reported (None: failed)."""
+        from worker.protocol import unpack_lease
+        headers = {"Authorization": f"Bearer {self.token}", "X-Worker-Id": "test-completer"}
+        resp = http("POST", f"{server.url}/internal/lease?max={max_jobs}&wait={wait_s:g}", headers=headers)
+        assert resp.status == 200, f"lease: {resp.status} {resp.body[:200]!r}"
+        header, bodies = unpack_lease(resp.body)
+        if not header["jobs"]:
+            return {}
+        done = {job["work_id"]: None if self.fail(job["work_id"]) else reference(body, job["iterations"])
+                for job, body in zip(header["jobs"], bodies)}
+        results = [[w, r] for w, r in done.items() if r is not None]
+        failures = [[w, "injected failure"] for w, r in done.items() if r is None]
+        answer = server.internal("/internal/complete", {"results": results, "failures": failures}, self.token,
+                                 "test-completer")
+        assert answer.status == 200, f"complete: {answer.status} {answer.body[:200]!r}"
+        return done
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for server in self.servers:
+                try:
+                    self.step(server, wait_s=0.05)
+                except OSError:
+                    pass  # a server stopped by the test
+                except AssertionError as exc:
+                    self.errors.append(str(exc))

@@ -1,3 +1,5 @@
+import socket
+
 import pytest
 
 from tests.cluster import Cluster
@@ -30,3 +32,12 @@ def shared_cluster(tmp_path_factory):
     cluster = Cluster(tmp_path_factory.mktemp("shared"), launcher="none").start()
     yield cluster
     cluster.close()
+
+
+@pytest.fixture
+def silent_url():
+    """A server that accepts connections and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -77,7 +77,7 @@ def explain(result: subprocess.CompletedProcess) -> str:
 
 def cluster_instances(ec2) -> list[dict]:
     pages = ec2.describe_instances(Filters=[
-        {"Name": f"tag:dynwork:cluster", "Values": [CLUSTER]},
+        {"Name": "tag:dynwork:cluster", "Values": [CLUSTER]},
         {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
     ])["Reservations"]
     return [inst for r in pages for inst in r["Instances"]]

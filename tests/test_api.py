@@ -2,25 +2,16 @@
 internal API the way a worker would send them)."""
 from __future__ import annotations
 
-import json
 import socket
 
 import pytest
 
-from tests.cluster import Server, http, make_token_file, reference, wait_for, free_port
+from tests.cluster import Completer, Server, free_port, http, make_token_file, reference, wait_for
 
 
-def complete_via_internal(server, token: str, count: int, worker_id: str = "test-worker") -> dict[str, str]:
+def complete_via_internal(server, token: str, count: int) -> dict[str, str]:
     """Lease up to `count` jobs as a worker would and report correct results; returns id -> result."""
-    from worker.protocol import unpack_lease
-    resp = http("POST", f"{server.url}/internal/lease?max={count}&wait=5",
-                headers={"Authorization": f"Bearer {token}", "X-Worker-Id": worker_id})
-    assert resp.status == 200, resp.body
-    header, bodies = unpack_lease(resp.body)
-    results = {job["work_id"]: reference(body, job["iterations"]) for job, body in zip(header["jobs"], bodies)}
-    answer = server.internal("/internal/complete", {"results": list(results.items())}, token, worker_id)
-    assert answer.status == 200, answer.body
-    return results
+    return Completer([server], token).step(server, wait_s=5, max_jobs=count)
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -5,15 +5,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 
 from server import cli
-from tests.cluster import ROOT, free_port, reference, wait_for
-from tests.test_loadgen import Completer
+from tests.cluster import ROOT, Completer, free_port, reference, wait_for
 
 
 def dead_url() -> str:
@@ -215,12 +213,22 @@ def test_wait_prints_results_in_order_and_fails_on_a_failed_job(make_cluster, ca
     assert [json.loads(line)["status"] for line in out.splitlines()] == ["completed", "completed", "failed"]
 
 
-def test_wait_long_polls_until_the_job_is_done(cluster):
-    work_id = cluster.a.enqueue(b"later", 5)
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--server", cluster.b.url, "wait", work_id],
+def start_waiter(server, work_id: str) -> subprocess.Popen:
+    """`dynwork wait` in a subprocess, returned once it holds its long-poll on `server`."""
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--server", server.url, "wait", work_id],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_for(lambda: connected(proc.pid, cluster.b.port), 30, "the waiter to connect")
+        wait_for(lambda: connected(proc.pid, server.port), 30, "the waiter to connect")
+    except BaseException:
+        proc.kill()
+        raise
+    return proc
+
+
+def test_wait_long_polls_until_the_job_is_done(cluster):
+    work_id = cluster.a.enqueue(b"later", 5)
+    proc = start_waiter(cluster.b, work_id)
+    try:
         assert proc.poll() is None  # blocked until a worker turns up
         Completer(cluster.servers, cluster.token).step(cluster.a)
         out, err = proc.communicate(timeout=60)
@@ -308,10 +316,8 @@ def test_bench_refused_jobs_exit_2(make_cluster, capsys):
 
 def test_wait_rides_out_a_server_restart(cluster):
     work_id = cluster.a.enqueue(b"survives", 1)
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--server", cluster.a.url, "wait", work_id],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_waiter(cluster.a, work_id)
     try:
-        wait_for(lambda: connected(proc.pid, cluster.a.port), 30, "the waiter to connect")
         cluster.a.stop()
         cluster.a.start()
         Completer(cluster.servers, cluster.token).step(cluster.a)
@@ -326,15 +332,6 @@ def test_wait_gives_up_when_no_server_answers(capsys):
     code, out, err = dynwork(capsys, [dead_url()], "wait", "--timeout", "0.5", "s1.1.abcdef")
     assert code == cli.EXIT_UNAVAILABLE and out == ""
     assert "connection refused" in err
-
-
-@pytest.fixture
-def silent_url():
-    """A server that accepts connections and never answers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(16)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def test_a_lost_answer_is_not_repeated_elsewhere_unless_safe(cluster, capsys, tmp_path, silent_url):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import resource
 
-import pytest
-
 from tests.cluster import Server, free_port, http, make_token_file, wait_for
 
 LIMIT = 3 << 20

@@ -7,72 +7,14 @@ import asyncio
 import hashlib
 import json
 import math
-import socket
 import statistics
-import threading
-from typing import Callable
 
 import pytest
 from hypothesis import given, strategies as st
 
 from server import loadgen
 from server.loadgen import BenchConfig, BenchReport, percentile
-from tests.cluster import free_port, http, reference
-
-# -- a worker speaking the internal protocol -----------------------------------------------------
-
-class Completer:
-    """A thread that leases jobs from the servers and completes them with hashlib; ids listed in
-    `fail` accepts are reported as failures instead. Use as a context manager."""
-
-    def __init__(self, servers, token: str, fail: Callable[[str], bool] = lambda work_id: False) -> None:
-        self.servers = list(servers)
-        self.token = token
-        self.fail = fail
-        self.stop = threading.Event()
-        self.errors: list[str] = []
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "Completer":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        assert not self.errors, self.errors
-
-    def step(self, server, wait_s: float = 0.2) -> int:
-        """One lease-and-complete round on one server; returns the number of jobs handled."""
-        from worker.protocol import unpack_lease
-        headers = {"Authorization": f"Bearer {self.token}", "X-Worker-Id": "test-completer"}
-        resp = http("POST", f"{server.url}/internal/lease?max=512&wait={wait_s:g}", headers=headers)
-        if resp.status != 200:
-            self.errors.append(f"lease: {resp.status} {resp.body[:200]!r}")
-            return 0
-        header, bodies = unpack_lease(resp.body)
-        if not header["jobs"]:
-            return 0
-        results, failures = [], []
-        for job, body in zip(header["jobs"], bodies):
-            if self.fail(job["work_id"]):
-                failures.append([job["work_id"], "injected failure"])
-            else:
-                results.append([job["work_id"], reference(body, job["iterations"])])
-        answer = server.internal("/internal/complete", {"results": results, "failures": failures}, self.token,
-                                 "test-completer")
-        if answer.status != 200:
-            self.errors.append(f"complete: {answer.status} {answer.body[:200]!r}")
-        return len(header["jobs"])
-
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            for server in self.servers:
-                try:
-                    self.step(server, wait_s=0.05)
-                except OSError:
-                    pass  # a server stopped by the test
-
+from tests.cluster import Completer, free_port
 
 # -- percentiles ---------------------------------------------------------------------------------
 
@@ -232,15 +174,6 @@ def test_no_server_reachable_is_a_clear_error(client):
     report = asyncio.run(loadgen.run(BenchConfig(servers=dead, jobs=3, timeout_s=30, client=client)))
     assert report.error.startswith("no server accepts jobs") and "connection refused" in report.error
     assert report.error_kind == "unreachable"
-
-
-@pytest.fixture
-def silent_url():
-    """A server that accepts connections and never answers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.mark.parametrize("client", loadgen.CLIENTS)

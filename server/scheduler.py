@@ -55,7 +55,6 @@ class Scheduler:
         self.backlog_cost = 0
         self._lease_waiters: list[asyncio.Future] = []
         self._done_waiters: dict[int, list[asyncio.Future]] = collections.defaultdict(list)
-        self.finished_total = 0
         self.closing = False
         self._finish_times: collections.deque[float] = collections.deque(maxlen=100_000)
 
@@ -273,7 +272,6 @@ class Scheduler:
                 if not fut.done():
                     fut.set_result(None)
             self._finish_times.append(now)
-        self.finished_total += len(done)
         return done
 
     async def wait_finished(self, seq: int, timeout: float) -> None:
@@ -292,13 +290,6 @@ class Scheduler:
                 waiters.remove(fut)
                 if not waiters:
                     del self._done_waiters[seq]
-
-    def state_of(self, seq: int) -> str | None:
-        if seq in self.queued:
-            return "queued"
-        if seq in self.leases:
-            return "running"
-        return None
 
     def jobs_per_s(self, window_s: float = 10.0) -> float:
         cutoff = self.clock() - window_s

@@ -78,7 +78,6 @@ class Store:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._reader: sqlite3.Connection | None = None
-        self.commits = 0
         # Leases and results need not survive a power loss: lost, the job is just computed again.
         # Their commits skip the fsync (still safe against a process crash); a later durable
         # commit syncs the whole log, so the order of what reaches the disk is kept.
@@ -154,7 +153,6 @@ class Store:
                     conn.execute("RELEASE op")
                     outcomes.append((future, None, _as_store_error(exc)))
             conn.execute("COMMIT")
-            self.commits += 1
         except sqlite3.Error as exc:
             log.error("store commit failed (%d operations lost, none acknowledged): %s", len(batch), exc)
             try:

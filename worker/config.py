@@ -36,7 +36,9 @@ class WorkerSettings:
 
     @property
     def compute_threads(self) -> int:
-        return self.threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else self.threads or (os.cpu_count() or 1)
+        if self.threads:
+            return self.threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
     @property
     def identity(self) -> str:

@@ -124,6 +124,17 @@ def test_sigterm_drains_the_worker(make_cluster):
     assert c.a.status()["queued"] == states.count("queued")
 
 
+def test_sigterm_releases_jobs_still_running_after_the_drain_timeout(make_cluster):
+    c = make_cluster(launcher="none", lease_s=60)
+    work_id = c.a.enqueue(b"too long to wait for", 100_000_000)  # many seconds of hashing
+    worker = c.worker(threads=1, idle_exit_s=60, drain_timeout_s=1)
+    wait_for(lambda: c.a.work(work_id).json()["status"] == "running", 30, "the lease")
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.proc.wait(30) == 0  # it does not wait for the hash to finish
+    assert c.a.work(work_id).json()["status"] == "queued"  # handed back, not left to its 60 s lease
+    assert "releasing them" in worker.log_tail()
+
+
 def test_lease_expiry_retries_then_fails_after_max_attempts(make_cluster):
     c = make_cluster(launcher="none", lease_s=0.5, max_attempts=2)
     work_id = c.a.enqueue(b"doomed", 1)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -23,7 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     from worker.runner import Worker
 
     worker = Worker(settings, token, hasher=native.chain_many, lanes=native.lanes())
-    return asyncio.run(_run(worker))
+    code = asyncio.run(_run(worker))
+    if worker.abandoned_hashing:
+        # Interpreter exit would wait for the C call to finish a job that is no longer ours.
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 async def _run(worker) -> int:

@@ -55,7 +55,8 @@ class Worker:
         self.token = token
         self.hasher = hasher
         self.threads = settings.compute_threads
-        self.min_held = self.threads * max(1, lanes) * 2
+        self.lanes = max(1, lanes)
+        self.min_held = self.threads * self.lanes * 2
         self.pending: collections.deque[LeasedJob] = collections.deque()
         self.running: dict[str, LeasedJob] = {}
         self.done: dict[str, list[tuple[str, str]]] = {url: [] for url in settings.servers}
@@ -67,6 +68,7 @@ class Worker:
         self.lease_s = 30.0  # the shortest lease a server has announced
         self.stopping = asyncio.Event()
         self.exit_code = 0
+        self.abandoned_hashing = False  # a hashing thread still runs a job this worker released
         self._work_ready = asyncio.Event()
         self._room = asyncio.Event()
         self._heartbeat_due = asyncio.Event()
@@ -100,15 +102,14 @@ class Worker:
                      ", ".join(self.settings.servers))
             leasers = [asyncio.create_task(self._lease_loop(c, own=i == 0), name=f"lease-{i}")
                        for i, c in enumerate(self.clients)]
-            others = [asyncio.create_task(self._compute_loop(), name=f"compute-{i}") for i in range(self.threads)]
-            others += [asyncio.create_task(self._flush_loop(c), name=f"flush-{c.url}") for c in self.clients]
-            others.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
-            others.append(asyncio.create_task(self._idle_watch(), name="idle"))
-            tasks = leasers + others
-            for task in tasks:
+            hashers = [asyncio.create_task(self._compute_loop(), name=f"compute-{i}") for i in range(self.threads)]
+            services = [asyncio.create_task(self._flush_loop(c), name=f"flush-{c.url}") for c in self.clients]
+            services.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
+            services.append(asyncio.create_task(self._idle_watch(), name="idle"))
+            for task in leasers + hashers + services:
                 task.add_done_callback(self._task_done)
             await self.stopping.wait()
-            await self._drain(leasers, others)
+            await self._drain(leasers, hashers, services)
         self._pool.shutdown(wait=False, cancel_futures=True)
         return self.exit_code
 
@@ -128,7 +129,8 @@ class Worker:
         self.exit_code = 1
         self.stop("a worker task failed")
 
-    async def _drain(self, leasers: list[asyncio.Task], others: list[asyncio.Task]) -> None:
+    async def _drain(self, leasers: list[asyncio.Task], hashers: list[asyncio.Task],
+                     services: list[asyncio.Task]) -> None:
         """Stop leasing, hand back what has not started, finish what has, report everything."""
         for task in leasers:
             task.cancel()
@@ -136,17 +138,18 @@ class Worker:
         unstarted = list(self.pending)
         self.pending.clear()
         await self._release(unstarted)
-        self._work_ready.set()  # compute loops see no work and stopping: they return
-        compute = [t for t in others if t.get_name().startswith("compute")]
-        _, still_running = await asyncio.wait(compute, timeout=self.settings.drain_timeout_s) if compute else ((), ())
+        self._work_ready.set()  # hashers see no work and stopping: they return
+        _, still_running = await asyncio.wait(hashers, timeout=self.settings.drain_timeout_s)
         if still_running:
             log.warning("%d job(s) still running after %.0fs; releasing them", len(self.running),
                         self.settings.drain_timeout_s)
             await self._release(list(self.running.values()))
-        for task in others:
-            if task.get_name().startswith(("flush", "heartbeat", "idle")):
-                task.cancel()
-        await asyncio.gather(*others, return_exceptions=True)
+            for task in still_running:
+                task.cancel()  # their results are no longer ours to report
+            self.abandoned_hashing = True
+        for task in services:
+            task.cancel()
+        await asyncio.gather(*hashers, *services, return_exceptions=True)
         for client in self.clients:
             await self._flush(client, attempts=FLUSH_ATTEMPTS_ON_EXIT)
         log.info("drained: %d job(s) completed in this run", self.completed)
@@ -206,8 +209,7 @@ class Worker:
         """Enough jobs for about batch_s of one thread, and at least one job per lane."""
         budget = self.cost_per_s / self.threads * self.settings.batch_s if self.cost_per_s else 0
         batch, cost = [], 0
-        per_thread_min = max(1, self.min_held // (2 * self.threads))
-        while self.pending and (len(batch) < per_thread_min or cost < budget):
+        while self.pending and (len(batch) < self.lanes or cost < budget):
             job = self.pending.popleft()
             batch.append(job)
             cost += job_cost(job.iterations, len(job.body))

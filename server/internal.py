@@ -57,10 +57,12 @@ async def lease(request: web.Request) -> web.StreamResponse:
         for chunk in chunks:
             await response.write(chunk)
         await response.write_eof()
-    except (ConnectionError, asyncio.CancelledError):
+    except (ConnectionError, asyncio.CancelledError) as exc:
         # The worker never got these jobs: put them back now instead of when the lease expires.
-        await asyncio.shield(node.scheduler.release(worker, [job.seq for job, _, _ in handed]))
-        raise
+        if handed:
+            await asyncio.shield(node.scheduler.release(worker, [job.seq for job, _, _ in handed]))
+        if isinstance(exc, asyncio.CancelledError):
+            raise
     return response
 
 

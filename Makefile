@@ -24,8 +24,8 @@ test: venv
 	$(PY) -m pytest
 
 bench: venv
-	$(PY) -m native.bench
-	$(PY) -m server.benchmark --json .run/bench.json
+	$(PY) -m client.bench_native
+	$(PY) -m client.benchmark --json .run/bench.json
 
 sanitize: venv
 	bash native/sanitize.sh

@@ -6,21 +6,24 @@ lanes when the CPU has them (AVX-512: 16 lanes, AVX2: 4), else one after another
 
 The backend is picked once at import: the best one the CPU supports whose kernel passes a quick
 known-answer self-test, or the one named by `DYNWORK_HASH_BACKEND=scalar|avx2|avx512` (for tests
-and benchmarks). Naming a backend this CPU cannot run raises `ImportError` at import rather than
-silently running something else, so `backend()` always tells the truth. `chain` always uses the
-scalar kernel: one chain cannot fill vector lanes.
+and benchmarks), or later by `use_backend`. Naming a backend this CPU cannot run raises rather
+than silently running something else, so `backend()` always tells the truth. `chain` always uses
+the scalar kernel: one chain cannot fill vector lanes. Backend names and the digest size come from
+the C header. `native.reference` is the same function in plain Python (hashlib).
 """
+
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from native._sha512chain import ffi, lib
 
-__all__ = ["BACKENDS", "available_backends", "backend", "chain", "chain_many", "lanes"]
+__all__ = ["BACKENDS", "DIGEST_SIZE", "available_backends", "backend", "chain", "chain_many", "lanes", "use_backend"]
 
-BACKENDS = ("scalar", "avx2", "avx512")  # index = C backend id
-DIGEST_SIZE = 64
+BACKENDS: tuple[str, ...] = tuple(ffi.string(lib.dw_backend_name(i)).decode() for i in range(lib.DW_BACKEND_COUNT))
+DIGEST_SIZE: int = lib.DW_DIGEST_SIZE
 ENV_BACKEND = "DYNWORK_HASH_BACKEND"
 _MAX_ITERATIONS = 2**64 - 1
 
@@ -32,16 +35,18 @@ def available_backends() -> list[str]:
 
 def backend() -> str:
     """The backend `chain_many` uses."""
-    return BACKENDS[lib.dw_current_backend()]
+    return BACKENDS[int(lib.dw_current_backend())]
 
 
 def lanes() -> int:
     """How many chains the current backend computes side by side."""
-    return lib.dw_backend_lanes(lib.dw_current_backend())
+    return int(lib.dw_backend_lanes(lib.dw_current_backend()))
 
 
-def _use_backend(name: str) -> None:
-    """Switches `chain_many` to the named backend (tests and benchmarks; not thread-safe)."""
+def use_backend(name: str) -> None:
+    """Switch `chain_many` to the named backend. Not thread-safe: call it before hashing starts.
+
+    Raises ValueError for an unknown name, RuntimeError when this CPU cannot run it."""
     if name not in BACKENDS:
         raise ValueError(f"unknown hash backend {name!r}; expected one of {', '.join(BACKENDS)}")
     status = lib.dw_select_backend(BACKENDS.index(name))
@@ -51,9 +56,7 @@ def _use_backend(name: str) -> None:
         reason = "failed its known-answer self-test on this CPU"
     else:
         return
-    raise RuntimeError(
-        f"hash backend {name!r} {reason}; available: {', '.join(available_backends())}"
-    )
+    raise RuntimeError(f"hash backend {name!r} {reason}; available: {', '.join(available_backends())}")
 
 
 def _check_iterations(iterations: object) -> int:
@@ -64,7 +67,7 @@ def _check_iterations(iterations: object) -> int:
     return iterations
 
 
-def _buffer(data: object):
+def _buffer(data: object) -> Any:
     if isinstance(data, str):
         raise TypeError("data must be bytes-like, not str")
     try:
@@ -77,9 +80,9 @@ def chain(data: bytes, iterations: int) -> bytes:
     """The 64-byte digest after `iterations` SHA-512 steps over `data` (scalar kernel)."""
     _check_iterations(iterations)
     buf = _buffer(data)
-    out = ffi.new("uint8_t[64]")
+    out = ffi.new("uint8_t[]", DIGEST_SIZE)
     lib.dw_chain(buf, len(buf), iterations, out)
-    return ffi.buffer(out)[:]
+    return bytes(ffi.buffer(out))
 
 
 def chain_many(jobs: Sequence[tuple[bytes, int]]) -> list[bytes]:
@@ -113,7 +116,7 @@ def _select_at_import() -> None:
         lib.dw_current_backend()  # pick (and self-test) the best kernel now, not mid-run
         return
     try:
-        _use_backend(forced)
+        use_backend(forced)
     except (ValueError, RuntimeError) as exc:
         raise ImportError(f"{ENV_BACKEND}={forced}: {exc}") from None
 

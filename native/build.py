@@ -4,20 +4,27 @@ setup.py points `cffi_modules` at `ffibuilder`. No -march=native: SIMD kernels c
 `target(...)` attributes and are picked at run time. Extra compiler/linker flags (e.g. sanitizers)
 come from the environment: DYNWORK_NATIVE_CFLAGS and DYNWORK_NATIVE_LDFLAGS.
 """
+
 import os
 import pathlib
 import re
 
-from cffi import FFI
+from cffi import FFI  # type: ignore[import-untyped]  # cffi ships no type information
 
 HERE = pathlib.Path(__file__).resolve().parent
 SOURCES = ["sha512chain.c", "sha512_scalar.c", "sha512_lanes.c", "sha512_avx2.c", "sha512_avx512.c"]
 
 
 def _declarations(header: pathlib.Path) -> str:
-    """The header minus what cdef cannot read (guards, includes); its constants stay."""
-    keep = [line for line in header.read_text().splitlines()
-            if not line.startswith("#") or re.match(r"#define DW_\w+ -?\d+$", line)]
+    """The header as cdef reads it: prototypes kept, guards and includes dropped, and each
+    constant declared as `#define NAME ...` so its value comes from the real header."""
+    keep = []
+    for line in header.read_text().splitlines():
+        constant = re.match(r"#define (DW_\w+) -?\d+$", line)
+        if constant:
+            keep.append(f"#define {constant.group(1)} ...")
+        elif not line.startswith("#"):
+            keep.append(line)
     return "\n".join(keep)
 
 
@@ -29,8 +36,7 @@ ffibuilder.set_source(
     # setuptools insists on paths relative to the directory of setup.py, its working directory.
     sources=[os.path.relpath(HERE / s) for s in SOURCES],
     include_dirs=[os.path.relpath(HERE)],
-    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra"]
-    + os.environ.get("DYNWORK_NATIVE_CFLAGS", "").split(),
+    extra_compile_args=["-O3", "-std=gnu11", "-Wall", "-Wextra", *os.environ.get("DYNWORK_NATIVE_CFLAGS", "").split()],
     extra_link_args=os.environ.get("DYNWORK_NATIVE_LDFLAGS", "").split(),
 )
 

@@ -42,7 +42,7 @@ static void run_backend(int backend, size_t n, const uint8_t *const *data, const
 #endif
     default:
         for (size_t i = 0; i < n; i++)
-            dw_chain(data[i], lens[i], iterations[i], out + 64 * i);
+            dw_chain(data[i], lens[i], iterations[i], out + DW_DIGEST_SIZE * i);
     }
 }
 
@@ -56,7 +56,7 @@ static int self_test(int backend)
     const uint8_t *data[JOBS];
     size_t lens[JOBS];
     uint64_t iterations[JOBS];
-    uint8_t got[64 * JOBS], want[64 * JOBS];
+    uint8_t got[DW_DIGEST_SIZE * JOBS], want[DW_DIGEST_SIZE * JOBS];
     for (size_t i = 0; i < sizeof body; i++)
         body[i] = (uint8_t)(i * 31 + 7);
     for (int j = 0; j < JOBS; j++) {
@@ -65,7 +65,7 @@ static int self_test(int backend)
         if (lens[j] + j % 7 > sizeof body)
             lens[j] = sizeof body - j % 7;
         iterations[j] = 1 + (uint64_t)((j * 7) % 23);
-        dw_chain(data[j], lens[j], iterations[j], want + 64 * j);
+        dw_chain(data[j], lens[j], iterations[j], want + DW_DIGEST_SIZE * j);
     }
     run_backend(backend, JOBS, data, lens, iterations, got);
     for (size_t i = 0; i < sizeof got; i++)
@@ -76,7 +76,7 @@ static int self_test(int backend)
 
 int dw_backend_status(int backend)
 {
-    if (backend < 0 || backend > DW_BACKEND_AVX512 || !cpu_has(backend))
+    if (backend < 0 || backend >= DW_BACKEND_COUNT || !cpu_has(backend))
         return 0;
     if (!LOAD(checked[backend]))
         STORE(checked[backend], backend == DW_BACKEND_SCALAR ? 1 : self_test(backend));
@@ -99,12 +99,18 @@ int dw_select_backend(int backend)
 int dw_current_backend(void)
 {
     if (LOAD(selected) < 0) {
-        int best = DW_BACKEND_AVX512;
+        int best = DW_BACKEND_COUNT - 1;
         while (!dw_backend_supported(best))
             best--;
         STORE(selected, best); /* scalar is always supported */
     }
     return LOAD(selected);
+}
+
+const char *dw_backend_name(int backend)
+{
+    static const char *const names[DW_BACKEND_COUNT] = {"scalar", "avx2", "avx512"};
+    return backend >= 0 && backend < DW_BACKEND_COUNT ? names[backend] : NULL;
 }
 
 int dw_backend_lanes(int backend)

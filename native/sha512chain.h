@@ -6,10 +6,17 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Backend ids, in order of preference. */
+/* Bytes of a SHA-512 digest: the size of every result. */
+#define DW_DIGEST_SIZE 64
+
+/* Backend ids, slowest first; ids run from 0 to DW_BACKEND_COUNT - 1. */
 #define DW_BACKEND_SCALAR 0
 #define DW_BACKEND_AVX2 1
 #define DW_BACKEND_AVX512 2
+#define DW_BACKEND_COUNT 3
+
+/* The backend's name ("scalar", "avx2", "avx512"), or NULL for an unknown id. */
+const char *dw_backend_name(int backend);
 
 /* Chain one body; writes the 64-byte digest to out. iterations >= 1. */
 void dw_chain(const uint8_t *data, size_t len, uint64_t iterations, uint8_t *out);

@@ -1,11 +1,12 @@
 """Server settings: every option is a flag, a DYNWORK_<OPTION> environment variable and a config key."""
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
-from worker.settings import SettingsError, load, option
+from common.settings import SettingsError, load, option
 
 ENV_PREFIX = "DYNWORK_"
 LAUNCHERS = ("local", "ec2", "none")
@@ -48,8 +49,10 @@ class ServerSettings:
     worker_idle_s: float = option(60.0, "a launched worker exits after this long without work")
     worker_dead_s: float = option(15.0, "a worker silent this long is reaped and its leases requeued")
     worker_boot_timeout_s: float = option(
-        0.0, "a launched worker that has not reported by then is terminated (0: launcher default; local 30, ec2 300)",
-        aliases=("--worker-boot-timeout",))
+        0.0,
+        "a launched worker that has not reported by then is terminated (0: launcher default; local 30, ec2 300)",
+        aliases=("--worker-boot-timeout",),
+    )
     default_worker_rate: float = option(5e6, "assumed cost units/s of one worker until one is measured")
     max_launches_per_minute: int = option(20, "cap on launches per minute, whatever the policy says")
     peer_timeout_s: float = option(2.0, "timeout of calls to the peer")
@@ -85,6 +88,12 @@ class ServerSettings:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
 
 
-def load_settings(argv: Sequence[str] | None = None, environ=None) -> ServerSettings:
-    return load(ServerSettings, argv, prog="python -m server", env_prefix=ENV_PREFIX, environ=environ,
-                description="A dynwork front server: public API, durable queue, peer exchange, autoscaling.")
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServerSettings:
+    return load(
+        ServerSettings,
+        argv,
+        prog="python -m server",
+        env_prefix=ENV_PREFIX,
+        environ=environ,
+        description="A dynwork front server: public API, durable queue, peer exchange, autoscaling.",
+    )

@@ -3,6 +3,7 @@
 `python -m server --daemon ...` starts a detached server and returns once it listens;
 `python -m server.daemon stop PIDFILE` stops one and waits until it is gone.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,12 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from server.config import ServerSettings
 
 READY_TIMEOUT_S = 60.0
 
@@ -34,7 +39,7 @@ def _tail(path: Path, lines: int = 20) -> str:
         return "(no log)"
 
 
-def daemonize(settings, run: Callable[[Callable[[], None]], int]) -> int:
+def daemonize(settings: ServerSettings, run: Callable[[Callable[[], None]], int]) -> int:
     """Start `run(ready)` detached; return 0 once it calls ready(), 1 if it dies first."""
     state_dir = settings.state_dir
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -80,6 +85,7 @@ def _wait_ready(read_end: int, pid_file: Path, log_file: Path) -> int:
     with os.fdopen(read_end, "rb") as pipe:
         # EOF without "ok" means the daemon died before it listened.
         import select
+
         while time.monotonic() < deadline:
             ready, _, _ = select.select([pipe], [], [], 0.5)
             if ready:

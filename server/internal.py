@@ -1,16 +1,18 @@
-"""The internal API (bearer token): workers lease, heartbeat, complete and release; peers
-pull, look up and sync loans. Job bodies travel raw (see worker.protocol)."""
+"""The internal API handlers (bearer token): workers lease, heartbeat, complete and release;
+peers pull, look up and sync loans. Job bodies travel raw (see common.wire)."""
+
 from __future__ import annotations
 
-import asyncio
+import contextlib
+from typing import Any
 
 from aiohttp import web
 
-from server.api import local_work, work_item
-from server.ids import parse_id
-from server.node import NODE, Node
-from server.web_util import ApiError, float_param, int_param, json_response, read_json
-from worker.protocol import LEASE_CONTENT_TYPE, WORKER_ID_HEADER, pack_lease
+from common.wire import LEASE_CONTENT_TYPE, WORKER_ID_HEADER, pack_lease
+from server.api import SERVICE
+from server.errors import BadRequest, NotFound
+from server.service import LeaseGrant
+from server.web import float_param, int_param, json_response, read_json
 
 MAX_WORKER_ID = 128
 
@@ -18,125 +20,103 @@ MAX_WORKER_ID = 128
 def worker_id(request: web.Request) -> str:
     value = request.headers.get(WORKER_ID_HEADER, "")
     if not 0 < len(value) <= MAX_WORKER_ID or not value.isprintable():
-        raise ApiError(400, f"missing or bad {WORKER_ID_HEADER} header")
+        raise BadRequest(f"missing or bad {WORKER_ID_HEADER} header")
     return value
 
 
-def own_seqs(node: Node, work_ids) -> dict[int, str]:
-    """seq -> work id for the ids that belong to this server (others are ignored)."""
-    if not isinstance(work_ids, list):
-        raise ApiError(400, "work_ids must be a list")
-    seqs = {}
-    for work_id in work_ids:
-        parsed = parse_id(work_id) if isinstance(work_id, str) else None
-        if parsed is not None and parsed[0] == node.name:
-            seqs[parsed[1]] = work_id
-    return seqs
+def pairs(body: dict[str, Any], key: str, what: str) -> list[tuple[str, str]]:
+    """A list of [string, string] pairs from the body (missing: empty)."""
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], str) for p in value
+    ):
+        raise BadRequest(f"{key} must be a list of [work_id, {what}] pairs")
+    return [(p[0], p[1]) for p in value]
+
+
+def digests(results: list[tuple[str, str]]) -> list[tuple[str, bytes]]:
+    parsed = []
+    for work_id, digest_hex in results:
+        try:
+            digest = bytes.fromhex(digest_hex)
+        except ValueError:
+            digest = b""
+        if len(digest) != 64:
+            raise BadRequest("a result must be a 64-byte digest in 128 hex characters")
+        parsed.append((work_id, digest))
+    return parsed
 
 
 async def lease(request: web.Request) -> web.StreamResponse:
-    node = request.app[NODE]
+    service = request.app[SERVICE]
     worker = worker_id(request)
-    # A worker may ask for more than this server hands out at once; it gets the server's maximum.
-    max_jobs = min(int_param(request, "max", 1, 1_000_000), node.settings.lease_batch_max)
-    wait_s = float_param(request, "wait", 0.0, node.settings.long_poll_max_s, 0.0)
-    node.registry.touch(worker)
-    handed = await node.scheduler.lease(worker, max_jobs, wait_s)
-    header = {
-        "lease_s": node.settings.lease_s,
-        "jobs": [{"work_id": f"{node.name}.{job.seq}.{nonce}", "iterations": job.iterations, "size": len(body)}
-                 for job, body, nonce in handed],
-    }
-    chunks = pack_lease(header, [body for _, body, _ in handed])
+    max_jobs = int_param(request, "max", 1, 1_000_000)
+    wait_s = float_param(request, "wait", 0.0, service.settings.long_poll_max_s, 0.0)
     response = web.StreamResponse(headers={"Content-Type": LEASE_CONTENT_TYPE})
-    response.content_length = sum(len(c) for c in chunks)
-    try:
+
+    async def deliver(grant: LeaseGrant) -> None:
+        header = {
+            "lease_s": grant.lease_s,
+            "jobs": [{"work_id": str(j.work_id), "iterations": j.iterations, "size": len(j.body)} for j in grant.jobs],
+        }
+        chunks = pack_lease(header, [j.body for j in grant.jobs])
+        response.content_length = sum(len(c) for c in chunks)
         if request.transport is None or request.transport.is_closing():
             raise ConnectionResetError("worker went away during the long-poll")
         await response.prepare(request)
         for chunk in chunks:
             await response.write(chunk)
         await response.write_eof()
-    except (ConnectionError, asyncio.CancelledError) as exc:
-        # The worker never got these jobs: put them back now instead of when the lease expires.
-        if handed:
-            await asyncio.shield(node.scheduler.release(worker, [job.seq for job, _, _ in handed]))
-        if isinstance(exc, asyncio.CancelledError):
-            raise
+
+    with contextlib.suppress(ConnectionError):  # the jobs went back to the queue; nobody is left to answer
+        await service.lease(worker, max_jobs, wait_s, deliver)
     return response
 
 
 async def complete(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    service = request.app[SERVICE]
     worker = worker_id(request)
     body = await read_json(request)
-    info = node.registry.touch(worker, body.get("stats"))
-    results, failures = [], []
-    for entry in body.get("results", []):
-        try:
-            work_id, digest_hex = entry
-            digest = bytes.fromhex(digest_hex)
-        except (TypeError, ValueError):
-            raise ApiError(400, "results must be [work_id, 128 hex chars] pairs") from None
-        if len(digest) != 64:
-            raise ApiError(400, "a result must be a 64-byte digest")
-        for seq in own_seqs(node, [work_id]):
-            results.append((seq, digest))
-    for entry in body.get("failures", []):
-        try:
-            work_id, error = entry
-        except (TypeError, ValueError):
-            raise ApiError(400, "failures must be [work_id, message] pairs") from None
-        for seq in own_seqs(node, [work_id]):
-            failures.append((seq, str(error)[:500]))
-    accepted = await node.scheduler.complete(info.worker_id, results) if results else 0
-    if failures:
-        await node.scheduler.fail_attempt(info.worker_id, failures)
-    return json_response({"accepted": accepted, "duplicates": len(results) - accepted})
+    results = digests(pairs(body, "results", "128 hex chars"))
+    failures = pairs(body, "failures", "message")
+    return json_response(await service.complete(worker, results, failures, body.get("stats")))
 
 
 async def heartbeat(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    service = request.app[SERVICE]
     worker = worker_id(request)
     body = await read_json(request)
-    node.registry.touch(worker, body.get("stats"))
-    held = own_seqs(node, body.get("work_ids", []))
-    lost = node.scheduler.heartbeat(worker, list(held))
-    return json_response({"lost": [held[seq] for seq in lost], "lease_s": node.settings.lease_s})
+    return json_response(service.heartbeat(worker, body.get("work_ids", []), body.get("stats")))
 
 
 async def release(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    service = request.app[SERVICE]
     worker = worker_id(request)
     body = await read_json(request)
-    node.registry.touch(worker, body.get("stats"))
-    released = await node.scheduler.release(worker, list(own_seqs(node, body.get("work_ids", []))))
-    return json_response({"released": released})
+    return json_response(await service.release(worker, body.get("work_ids", []), body.get("stats")))
 
 
 async def peer_pull(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    top = int_param(request, "top", 1, 1000)
-    return json_response([work_item(node, row) for row in await node.store.pull(top)])
+    service = request.app[SERVICE]
+    return json_response(await service.peer_pull(int_param(request, "top", 1, 1000)))
 
 
 async def peer_work(request: web.Request) -> web.Response:
-    node = request.app[NODE]
-    wait_s = float_param(request, "wait", 0.0, node.settings.long_poll_max_s, 0.0)
-    item = await local_work(node, request.match_info["work_id"], wait_s)
-    if item is None:
-        raise ApiError(404, "unknown work id")
-    return json_response(item)
+    service = request.app[SERVICE]
+    wait_s = float_param(request, "wait", 0.0, service.settings.long_poll_max_s, 0.0)
+    try:
+        return json_response(await service.peer_work(request.match_info["work_id"], wait_s))
+    except NotFound:
+        raise NotFound("unknown work id") from None
 
 
 async def peer_sync(request: web.Request) -> web.Response:
-    node = request.app[NODE]
+    service = request.app[SERVICE]
     body = await read_json(request)
     want, in_use = body.get("want_borrow", 0), body.get("in_use", 0)
-    if not isinstance(want, int) or not isinstance(in_use, int):
-        raise ApiError(400, "want_borrow and in_use must be integers")
-    granted = node.grant_loan(want, in_use)
-    return json_response({"name": node.name, "granted": granted, "queued": len(node.scheduler.queued)})
+    if not isinstance(want, int) or not isinstance(in_use, int) or isinstance(want, bool) or isinstance(in_use, bool):
+        raise BadRequest("want_borrow and in_use must be integers")
+    return json_response(service.sync_loans(want, in_use))
 
 
 def add_routes(app: web.Application) -> None:

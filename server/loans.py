@@ -6,6 +6,7 @@ of either side re-converges within one sync. A lender grants only quota it does 
 and never takes back quota the borrower's running workers use, so the two fleets together never
 exceed the two maxima.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ class Loans:
         """How many workers this server may run now."""
         return self.max_workers - self.lent + self.borrowed
 
-    def borrow_request(self, wanted: int, have: int) -> dict:
+    def borrow_request(self, wanted: int, have: int) -> dict[str, int]:
         """What to ask the peer for: the total extra quota wanted and the part already in use."""
         own = self.max_workers - self.lent
         return {"want_borrow": max(0, wanted - own), "in_use": max(0, min(have - own, self.borrowed))}

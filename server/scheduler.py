@@ -3,6 +3,7 @@
 The store is the truth on disk; this is its in-memory index, rebuilt from the store at start.
 Every state change is written to the store before anyone outside is told about it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -10,30 +11,16 @@ import collections
 import dataclasses
 import heapq
 import logging
-import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from server.policy import job_cost
-from server.store import JobRow, Store
+from common.ids import new_nonce
+from server.jobs import Job, Outcome, State
+from server.store import Store
 
 log = logging.getLogger(__name__)
 
 LEASE_BYTES_MAX = 16 << 20  # one lease response carries at most this much body data (but >= 1 job)
-NONCE_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
-
-
-@dataclasses.dataclass
-class Job:
-    seq: int
-    iterations: int
-    size: int
-    enqueued_at: float
-    attempts: int = 0
-
-    @property
-    def cost(self) -> int:
-        return job_cost(self.iterations, self.size)
 
 
 @dataclasses.dataclass
@@ -44,7 +31,9 @@ class Lease:
 
 
 class Scheduler:
-    def __init__(self, store: Store, *, lease_s: float, max_attempts: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, *, lease_s: float, max_attempts: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.lease_s = lease_s
         self.max_attempts = max_attempts
@@ -53,8 +42,8 @@ class Scheduler:
         self._heap: list[int] = []  # seqs, oldest first; entries not in `queued` are stale
         self.leases: dict[int, Lease] = {}
         self.backlog_cost = 0
-        self._lease_waiters: list[asyncio.Future] = []
-        self._done_waiters: dict[int, list[asyncio.Future]] = collections.defaultdict(list)
+        self._lease_waiters: list[asyncio.Future[None]] = []
+        self._done_waiters: dict[int, list[asyncio.Future[None]]] = collections.defaultdict(list)
         self.closing = False
         self._finish_times: collections.deque[float] = collections.deque(maxlen=100_000)
 
@@ -63,12 +52,12 @@ class Scheduler:
         """Rebuild the index from disk; jobs that were running get a fresh lease to finish in."""
         now = self.clock()
         running = 0
-        for seq, iterations, size, enqueued_at, state, attempts in await self.store.open_jobs():
-            job = Job(seq, iterations, size, enqueued_at, attempts)
-            if state == 0:
+        for record in await self.store.open_jobs():
+            job = Job(record.seq, record.nonce, record.iterations, record.size, record.enqueued_at, record.attempts)
+            if record.state is State.QUEUED:
                 self._push(job)
             else:
-                self.leases[seq] = Lease(job, worker="(before restart)", expires=now + self.lease_s)
+                self.leases[job.seq] = Lease(job, worker="(before restart)", expires=now + self.lease_s)
                 running += 1
         log.info("loaded %d queued and %d running jobs", len(self.queued), running)
 
@@ -109,21 +98,26 @@ class Scheduler:
             return 0.0
         return max(0.0, (now or self.clock()) - self.queued[self._heap[0]].enqueued_at)
 
-    async def enqueue(self, body: bytes, iterations: int) -> tuple[int, str]:
-        nonce = "".join(NONCE_ALPHABET[b & 31] for b in os.urandom(6))  # 32 symbols: 30 random bits
+    async def enqueue(self, body: bytes, iterations: int) -> Job:
+        nonce = new_nonce()
         now = self.clock()
         seq = await self.store.insert(nonce, iterations, body, now)
-        self._push(Job(seq, iterations, len(body), now))
+        job = Job(seq, nonce, iterations, len(body), now)
+        self._push(job)
         self._wake_leasers()
-        return seq, nonce
+        return job
 
     # -- leases ----------------------------------------------------------------------------
     def _take(self, worker: str, max_jobs: int) -> list[Job]:
         taken: list[Job] = []
         nbytes = 0
         while len(taken) < max_jobs:
-            if taken and self._heap and self._heap[0] in self.queued \
-                    and nbytes + self.queued[self._heap[0]].size > LEASE_BYTES_MAX:
+            if (
+                taken
+                and self._heap
+                and self._heap[0] in self.queued
+                and nbytes + self.queued[self._heap[0]].size > LEASE_BYTES_MAX
+            ):
                 break
             job = self._pop()
             if job is None:
@@ -134,7 +128,7 @@ class Scheduler:
             nbytes += job.size
         return taken
 
-    async def lease(self, worker: str, max_jobs: int, wait_s: float) -> list[tuple[Job, bytes, str]]:
+    async def lease(self, worker: str, max_jobs: int, wait_s: float) -> list[tuple[Job, bytes]]:
         """Up to max_jobs oldest jobs with their bodies; waits up to wait_s for work to arrive."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
@@ -151,21 +145,20 @@ class Scheduler:
             self._lease_waiters.append(fut)
             try:
                 await asyncio.wait_for(fut, remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return []
             finally:
                 if fut in self._lease_waiters:
                     self._lease_waiters.remove(fut)
         try:
-            leased = await self.store.lease([j.seq for j in jobs], worker, sum(j.size for j in jobs))
-            rows = {seq: (body, nonce) for seq, body, nonce in leased}
+            bodies = self.store.lease([j.seq for j in jobs], worker)
         except BaseException:
             self._unlease(jobs, worker)  # nothing was handed out
             raise
         handed = []
         for job in jobs:
-            if job.seq in rows:
-                handed.append((job, *rows[job.seq]))
+            if job.seq in bodies:
+                handed.append((job, bodies[job.seq]))
             else:  # finished meanwhile (a late result of an earlier lease)
                 self._drop_lease(job.seq, worker)
         return handed
@@ -218,38 +211,52 @@ class Scheduler:
         Returns (requeued, failed).
         """
         now = self.clock()
-        victims = [lease for lease in self.leases.values()
-                   if (lease.worker == worker if worker is not None else lease.expires <= now)]
+        victims = [
+            lease
+            for lease in self.leases.values()
+            if (lease.worker == worker if worker is not None else lease.expires <= now)
+        ]
         if not victims:
             return 0, 0
-        exhausted = [l for l in victims if l.job.attempts >= self.max_attempts]
-        retry = [l for l in victims if l.job.attempts < self.max_attempts]
+        exhausted = [lease for lease in victims if lease.job.attempts >= self.max_attempts]
+        retry = [lease for lease in victims if lease.job.attempts < self.max_attempts]
         if retry:
-            await self.store.requeue([l.job.seq for l in retry])
+            await self.store.requeue([lease.job.seq for lease in retry])
         if exhausted:
             reason = f"gave up after {self.max_attempts} attempts: lease expired without a result (worker lost)"
-            await self._finish([(l.job.seq, None, reason) for l in exhausted], None)
+            await self._finish([Outcome(lease.job.seq, None, reason) for lease in exhausted], None)
         for lease in retry:
             if self.leases.get(lease.job.seq) is lease:
                 del self.leases[lease.job.seq]
                 self._push(lease.job)
         if retry:
             self._wake_leasers()
-            log.info("requeued %d jobs whose leases %s", len(retry),
-                     f"were held by silent worker {worker}" if worker else "expired")
+            log.info(
+                "requeued %d jobs whose leases %s",
+                len(retry),
+                f"were held by silent worker {worker}" if worker else "expired",
+            )
         return len(retry), len(exhausted)
 
     # -- results ---------------------------------------------------------------------------
     async def complete(self, worker: str, results: list[tuple[int, bytes]]) -> int:
         """Record results; first result wins. Returns how many were new."""
-        return len(await self._finish([(seq, result, None) for seq, result in results], worker))
+        return len(await self._finish([Outcome(seq, result) for seq, result in results], worker))
 
     async def fail_attempt(self, worker: str, failures: list[tuple[int, str]]) -> int:
         """A worker could not compute these: retry elsewhere, or fail once out of attempts."""
-        final = [(seq, None, f"worker error: {error}") for seq, error in failures
-                 if seq in self.leases and self.leases[seq].job.attempts >= self.max_attempts]
-        retry = [seq for seq, _ in failures if seq in self.leases and self.leases[seq].worker == worker
-                 and self.leases[seq].job.attempts < self.max_attempts]
+        final = [
+            Outcome(seq, None, f"worker error: {error}")
+            for seq, error in failures
+            if seq in self.leases and self.leases[seq].job.attempts >= self.max_attempts
+        ]
+        retry = [
+            seq
+            for seq, _ in failures
+            if seq in self.leases
+            and self.leases[seq].worker == worker
+            and self.leases[seq].job.attempts < self.max_attempts
+        ]
         done = await self._finish(final, worker) if final else []
         if retry:
             await self.store.requeue(retry)
@@ -260,7 +267,7 @@ class Scheduler:
             self._wake_leasers()
         return len(done)
 
-    async def _finish(self, outcomes: list[tuple[int, bytes | None, str | None]], worker: str | None) -> list[int]:
+    async def _finish(self, outcomes: list[Outcome], worker: str | None) -> list[int]:
         now = self.clock()
         done = await self.store.finish(outcomes, worker, now)
         for seq in done:
@@ -274,15 +281,15 @@ class Scheduler:
             self._finish_times.append(now)
         return done
 
-    async def wait_finished(self, seq: int, timeout: float) -> None:
+    async def wait_finished(self, seq: int, timeout_s: float) -> None:
         """Return when the job finishes or the timeout passes (no error either way)."""
         if seq not in self.queued and seq not in self.leases:
             return
         fut = asyncio.get_running_loop().create_future()
         self._done_waiters[seq].append(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+            await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
             pass
         finally:
             waiters = self._done_waiters.get(seq)
@@ -297,10 +304,3 @@ class Scheduler:
         while times and times[0] < cutoff:
             times.popleft()
         return len(times) / window_s
-
-    @staticmethod
-    def describe(row: JobRow) -> dict:
-        from server.store import STATE_NAMES
-        return {"status": STATE_NAMES[row.state], "iterations": row.iterations, "enqueued_at": row.enqueued_at,
-                "completed_at": row.completed_at, "result": row.result.hex() if row.result else None,
-                "error": row.error, "attempts": row.attempts}

@@ -5,33 +5,45 @@ are waiting, runs each inside a savepoint of one transaction, commits once, and 
 resolves their futures: an acknowledged operation is on disk, and one fsync serves a whole
 batch, so durability does not cost throughput.
 """
+
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import logging
 import queue
 import sqlite3
 import threading
-import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+from server.jobs import JobRecord, Outcome, State
+
+T = TypeVar("T")
+
+
+class _Op(NamedTuple):
+    """One operation for the writer thread: fn(conn), whose result resolves future."""
+
+    fn: Callable[[sqlite3.Connection], Any]
+    future: asyncio.Future[Any]
+    durable: bool
+
 
 log = logging.getLogger(__name__)
 
-QUEUED, RUNNING, COMPLETED, FAILED = 0, 1, 2, 3
-STATE_NAMES = {QUEUED: "queued", RUNNING: "running", COMPLETED: "completed", FAILED: "failed"}
 MAX_BATCH = 2000
-SMALL_LEASE_JOBS, SMALL_LEASE_BYTES = 4, 256 << 10  # read on the event loop up to this
+Q, R, DONE = int(State.QUEUED), int(State.RUNNING), int(State.COMPLETED)  # for SQL text
 
-SCHEMA = """
+SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     nonce TEXT NOT NULL,
     iterations INTEGER NOT NULL,
     size INTEGER NOT NULL,
     body BLOB,                      -- dropped once the job is finished
-    state INTEGER NOT NULL,
+    state INTEGER NOT NULL,         -- server.jobs.State
     attempts INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
     enqueued_at REAL NOT NULL,
@@ -40,40 +52,41 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     delivered INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS jobs_undelivered ON jobs (completed_at) WHERE delivered = 0 AND state >= 2;
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (completed_at) WHERE state >= 2;
-CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state) WHERE state < 2;
+CREATE INDEX IF NOT EXISTS jobs_undelivered ON jobs (completed_at) WHERE delivered = 0 AND state >= {DONE};
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (completed_at) WHERE state >= {DONE};
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state) WHERE state < {DONE};
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+_RECORD_COLUMNS = "seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error"
 
 
 class StoreError(Exception):
     """The database could not store or read (disk full, I/O error, closed)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class JobRow:
-    seq: int
-    nonce: str
-    iterations: int
-    size: int
-    state: int
-    attempts: int
-    worker: str | None
-    enqueued_at: float
-    completed_at: float | None
-    result: bytes | None
-    error: str | None
-
-
-_ROW_COLUMNS = "seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error"
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error = row
+    return JobRecord(
+        seq=seq,
+        nonce=nonce,
+        iterations=iterations,
+        size=size,
+        state=State(state),
+        attempts=attempts,
+        worker=worker,
+        enqueued_at=enqueued_at,
+        completed_at=completed_at,
+        result=None if result is None else bytes(result),
+        error=error,
+    )
 
 
 class Store:
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self.path = path
         self.synchronous = synchronous.upper()
-        self._ops: queue.SimpleQueue = queue.SimpleQueue()
+        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -135,9 +148,9 @@ class Store:
         finally:
             conn.close()
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list) -> None:
-        outcomes: list[tuple[asyncio.Future, Any, BaseException | None]] = []
-        sync = self.synchronous if any(durable for _, _, durable in batch) else self._relaxed
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        sync = self.synchronous if any(op.durable for op in batch) else self._relaxed
         try:
             if sync != self._current_sync:
                 conn.execute(f"PRAGMA synchronous={sync}")
@@ -155,30 +168,30 @@ class Store:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             log.error("store commit failed (%d operations lost, none acknowledged): %s", len(batch), exc)
-            try:
+            with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             error = _as_store_error(exc)
             outcomes = [(future, None, error) for _, future, _ in batch]
         # One wake-up of the event loop per group commit, not one per operation.
+        assert self._loop is not None
         self._loop.call_soon_threadsafe(_resolve_all, outcomes)
 
-    async def run(self, fn: Callable[[sqlite3.Connection], Any], *, durable: bool = True) -> Any:
+    async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
         """Run fn(conn) in the next group commit; returns once it is committed (and, when
         durable, synced to disk)."""
-        return await self._queue(fn, durable=durable)
+        result: T = await self._queue(fn, durable=durable)
+        return result
 
-    def _queue(self, fn: Callable[[sqlite3.Connection], Any], *, durable: bool) -> asyncio.Future:
+    def _queue(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool) -> asyncio.Future[T]:
         """Queue fn(conn) for the next group commit; the future resolves once it is committed.
         Operations commit in the order they are queued."""
-        if self._closed or self._thread is None:
+        if self._closed or self._thread is None or self._loop is None:
             raise StoreError("store is closed")
-        future = self._loop.create_future()
-        self._ops.put((fn, future, durable))
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._ops.put(_Op(fn, future, durable))
         return future
 
-    def _read(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A short read on the calling (event-loop) thread, from what is committed."""
         if self._closed or self._reader is None:
             raise StoreError("store is closed")
@@ -190,12 +203,14 @@ class Store:
     # -- operations ------------------------------------------------------------------------
     async def check_identity(self, name: str) -> None:
         """Refuse a state dir that belongs to a server of another name (its ids would lie)."""
+
         def op(conn: sqlite3.Connection) -> str:
             row = conn.execute("SELECT value FROM meta WHERE key = 'server_name'").fetchone()
             if row is None:
                 conn.execute("INSERT INTO meta (key, value) VALUES ('server_name', ?)", (name,))
                 return name
-            return row[0]
+            return str(row[0])
+
         stored = await self.run(op)
         if stored != name:
             raise StoreError(f"state dir belongs to server {stored!r}, not {name!r}")
@@ -203,38 +218,33 @@ class Store:
     async def insert(self, nonce: str, iterations: int, body: bytes, now: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
-                "INSERT INTO jobs (nonce, iterations, size, body, state, enqueued_at) VALUES (?, ?, ?, ?, 0, ?)",
-                (nonce, iterations, len(body), body, now))
+                "INSERT INTO jobs (nonce, iterations, size, body, state, enqueued_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (nonce, iterations, len(body), body, State.QUEUED, now),
+            )
+            assert cur.lastrowid is not None
             return cur.lastrowid
+
         return await self.run(op)
 
-    async def lease(self, seqs: Sequence[int], worker: str, nbytes: int) -> list[tuple[int, bytes, str]]:
-        """Mark jobs running for a worker, count the attempt; (seq, body, nonce) of each (gone: skipped).
+    def lease(self, seqs: Sequence[int], worker: str) -> dict[int, bytes]:
+        """Bodies of the jobs still unfinished among `seqs`, by seq; marks them running for the worker.
 
-        A small lease (the latency case) is read on the event loop and its record queued without
-        waiting: the record only matters after a restart, where a job it missed is queued again
-        instead of running. Big leases (megabytes of bodies) go through the writer thread."""
-        if len(seqs) <= SMALL_LEASE_JOBS and nbytes <= SMALL_LEASE_BYTES:
-            marks = ",".join("?" * len(seqs))
-            rows = self._read(lambda c: c.execute(
-                f"SELECT seq, body, nonce FROM jobs WHERE seq IN ({marks}) AND state < 2", list(seqs)).fetchall())
-            record = self._queue(_mark_leased([seq for seq, _, _ in rows], worker), durable=False)
-            record.add_done_callback(_log_lease_record_failure)
-            return [(seq, bytes(body), nonce) for seq, body, nonce in rows]
+        The bodies are read from what is committed, on the calling thread; the record of the lease
+        is queued without waiting: it only matters after a restart, where a lease it missed means
+        the job is queued again instead of running (computed once more, never lost)."""
+        marks = ",".join("?" * len(seqs))
+        rows = self._read(
+            lambda c: c.execute(
+                f"SELECT seq, body FROM jobs WHERE seq IN ({marks}) AND state < {DONE}", list(seqs)
+            ).fetchall()
+        )
+        bodies = {seq: bytes(body) for seq, body in rows}
+        record = self._queue(_mark_leased(list(bodies), worker), durable=False)
+        record.add_done_callback(_log_lease_record_failure)
+        return bodies
 
-        def op(conn: sqlite3.Connection) -> list[tuple[int, bytes, str]]:
-            _mark_leased(seqs, worker)(conn)
-            bodies = []
-            for seq in seqs:
-                row = conn.execute("SELECT body, nonce FROM jobs WHERE seq = ? AND state = 1", (seq,)).fetchone()
-                if row is not None:
-                    bodies.append((seq, bytes(row[0]), row[1]))
-            return bodies
-        return await self.run(op, durable=False)
-
-    async def finish(self, outcomes: Iterable[tuple[int, bytes | None, str | None]], worker: str | None,
-                     now: float) -> list[int]:
-        """Record results (state completed) or errors (state failed); first result wins.
+    async def finish(self, outcomes: Iterable[Outcome], worker: str | None, now: float) -> list[int]:
+        """Record results (completed) or errors (failed); the first outcome of a job wins.
 
         Returns the seqs that were finished by this call (the others were finished already).
         """
@@ -242,62 +252,73 @@ class Store:
 
         def op(conn: sqlite3.Connection) -> list[int]:
             done = []
-            for seq, result, error in outcomes:
+            for o in outcomes:
+                state = State.COMPLETED if o.result is not None else State.FAILED
                 cur = conn.execute(
                     "UPDATE jobs SET state = ?, result = ?, error = ?, completed_at = ?, body = NULL,"
-                    " worker = coalesce(?, worker) WHERE seq = ? AND state < 2",
-                    (COMPLETED if result is not None else FAILED, result, error, now, worker, seq))
+                    f" worker = coalesce(?, worker) WHERE seq = ? AND state < {DONE}",
+                    (state, o.result, o.error, now, worker, o.seq),
+                )
                 if cur.rowcount:
-                    done.append(seq)
+                    done.append(o.seq)
             return done
+
         return await self.run(op, durable=False)
 
     async def requeue(self, seqs: Sequence[int], *, refund_attempt: bool = False) -> None:
         def op(conn: sqlite3.Connection) -> None:
             refund = 1 if refund_attempt else 0
-            conn.executemany("UPDATE jobs SET state = 0, worker = NULL, attempts = max(attempts - ?, 0)"
-                             " WHERE seq = ? AND state = 1", [(refund, s) for s in seqs])
+            conn.executemany(
+                f"UPDATE jobs SET state = {Q}, worker = NULL, attempts = max(attempts - ?, 0)"
+                f" WHERE seq = ? AND state = {R}",
+                [(refund, s) for s in seqs],
+            )
+
         await self.run(op)
 
-    def get(self, seq: int) -> JobRow | None:
-        row = self._read(lambda c: c.execute(f"SELECT {_ROW_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone())
-        return _job_row(row) if row else None
+    def get(self, seq: int) -> JobRecord | None:
+        row = self._read(lambda c: c.execute(f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone())
+        return _record(row) if row else None
 
-    async def pull(self, top: int) -> list[JobRow]:
+    async def pull(self, top: int) -> list[JobRecord]:
         """Hand out up to `top` finished, undelivered jobs, newest first, and mark them delivered."""
-        def op(conn: sqlite3.Connection) -> list[JobRow]:
+
+        def op(conn: sqlite3.Connection) -> list[JobRecord]:
             rows = conn.execute(
                 # The planner would walk every finished job of the last day through jobs_finished.
-                f"SELECT {_ROW_COLUMNS} FROM jobs INDEXED BY jobs_undelivered WHERE delivered = 0 AND state >= 2"
-                " ORDER BY completed_at DESC LIMIT ?", (top,)).fetchall()
+                f"SELECT {_RECORD_COLUMNS} FROM jobs INDEXED BY jobs_undelivered"
+                f" WHERE delivered = 0 AND state >= {DONE} ORDER BY completed_at DESC LIMIT ?",
+                (top,),
+            ).fetchall()
             conn.executemany("UPDATE jobs SET delivered = 1 WHERE seq = ?", [(r[0],) for r in rows])
-            return [_job_row(r) for r in rows]
+            return [_record(r) for r in rows]
+
         return await self.run(op)  # durable: a result handed out must stay handed out
 
-    async def open_jobs(self) -> list[tuple[int, int, int, float, int, int]]:
-        """(seq, iterations, size, enqueued_at, state, attempts) of every unfinished job, oldest first."""
-        def op(conn: sqlite3.Connection) -> list:
-            return conn.execute("SELECT seq, iterations, size, enqueued_at, state, attempts FROM jobs"
-                                " WHERE state < 2 ORDER BY seq").fetchall()
+    async def open_jobs(self) -> list[JobRecord]:
+        """Every unfinished job, oldest first."""
+
+        def op(conn: sqlite3.Connection) -> list[JobRecord]:
+            rows = conn.execute(f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE state < {DONE} ORDER BY seq").fetchall()
+            return [_record(r) for r in rows]
+
         return await self.run(op, durable=False)
 
-    async def counts(self) -> dict[str, int]:
-        def op(conn: sqlite3.Connection) -> dict[str, int]:
-            rows = conn.execute("SELECT state, count(*) FROM jobs WHERE state >= 2 GROUP BY state").fetchall()
-            return {STATE_NAMES[s]: n for s, n in rows}
+    async def counts(self) -> dict[State, int]:
+        """Finished jobs by state."""
+
+        def op(conn: sqlite3.Connection) -> dict[State, int]:
+            rows = conn.execute(f"SELECT state, count(*) FROM jobs WHERE state >= {DONE} GROUP BY state").fetchall()
+            return {State(s): n for s, n in rows}
+
         return await self.run(op, durable=False)
 
     async def expire_results(self, older_than: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM jobs WHERE state >= 2 AND completed_at < ?", (older_than,)).rowcount
+            cur = conn.execute(f"DELETE FROM jobs WHERE state >= {DONE} AND completed_at < ?", (older_than,))
+            return cur.rowcount
+
         return await self.run(op, durable=False)
-
-
-def _job_row(row: tuple) -> JobRow:
-    values = list(row)
-    if values[9] is not None:
-        values[9] = bytes(values[9])
-    return JobRow(*values)
 
 
 def _as_store_error(exc: BaseException) -> StoreError:
@@ -308,30 +329,28 @@ def _as_store_error(exc: BaseException) -> StoreError:
 
 def _mark_leased(seqs: Sequence[int], worker: str) -> Callable[[sqlite3.Connection], None]:
     def op(conn: sqlite3.Connection) -> None:
-        conn.executemany("UPDATE jobs SET state = 1, attempts = attempts + 1, worker = ? WHERE seq = ? AND state = 0",
-                         [(worker, s) for s in seqs])
+        conn.executemany(
+            f"UPDATE jobs SET state = {R}, attempts = attempts + 1, worker = ? WHERE seq = ? AND state = {Q}",
+            [(worker, s) for s in seqs],
+        )
+
     return op
 
 
-def _log_lease_record_failure(future: asyncio.Future) -> None:
+def _log_lease_record_failure(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
-        log.warning("recording a lease failed (the job is only queued again after a restart): %s",
-                    future.exception())
+        log.warning("recording a lease failed (the job is only queued again after a restart): %s", future.exception())
 
 
-def _resolve_all(outcomes: list) -> None:
+def _resolve_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
     for future, result, error in outcomes:
         _resolve(future, result, error)
 
 
-def _resolve(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():
         return
     if error is not None:
         future.set_exception(error)
     else:
         future.set_result(result)
-
-
-def now() -> float:
-    return time.time()

@@ -286,7 +286,7 @@ class Completer:
 
     def step(self, server, wait_s: float = 0.2, max_jobs: int = 512) -> dict[str, str | None]:
         """One lease-and-complete round on one server: work id -> result reported (None: failed)."""
-        from worker.protocol import unpack_lease
+        from common.wire import unpack_lease
         headers = {"Authorization": f"Bearer {self.token}", "X-Worker-Id": "test-completer"}
         resp = http("POST", f"{server.url}/internal/lease?max={max_jobs}&wait={wait_s:g}", headers=headers)
         assert resp.status == 200, f"lease: {resp.status} {resp.body[:200]!r}"

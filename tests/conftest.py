@@ -1,6 +1,19 @@
+"""Fixtures shared by the tiers. tests/unit/ is the fast tier (no subprocess, no network but
+loopback); everything else starts real processes and is marked `slow` here, so
+`pytest -m "not slow"` runs the unit tier alone."""
+
 import socket
+from pathlib import Path
 
 import pytest
+
+UNIT_DIR = Path(__file__).parent / "unit"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if UNIT_DIR not in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
 
 from tests.cluster import Cluster
 

@@ -231,7 +231,7 @@ def test_help_documents_every_setting():
     import dataclasses
     from server.config import ServerSettings
     from worker.config import WorkerSettings
-    from worker.settings import build_parser
+    from common.settings import build_parser
     for cls in (ServerSettings, WorkerSettings):
         text = build_parser(cls, "x", "", "P_").format_help()
         for field in dataclasses.fields(cls):

@@ -1,6 +1,7 @@
 """Autoscaling with the local launcher: launch up to max, borrow the peer's quota, scale to zero."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,25 @@ def fleet(server) -> int:
     return workers["live"] + workers["starting"]
 
 
-def test_backlog_launches_up_to_max_borrows_quota_and_scales_to_zero(make_cluster):
-    c = make_cluster(**SCALING)
-    # Enough work that even fast (SIMD) workers would need many worker-seconds: the policy wants
+def scalar_iterations_per_s() -> float:
+    """This machine's speed of the scalar kernel, the one the workers of the test are pinned to."""
+    import native
+
+    n = 1_000_000
+    start = time.thread_time()
+    native.chain(b"probe", n)
+    return n / max(time.thread_time() - start, 1e-6)
+
+
+def test_backlog_launches_up_to_max_borrows_quota_and_scales_to_zero(make_cluster, monkeypatch):
+    # Workers are pinned to the scalar kernel (one lane: a worker holds two jobs at a time, so the
+    # backlog stays queued) and each job is sized from this machine's measured scalar speed to
+    # about 1.5 s of one core: 48 worker-seconds of work whatever the CPU, so the policy wants
     # more than max_workers. One body for all, so one hashlib reference checks every result.
-    body, iterations = b"burst", 6_000_000
+    monkeypatch.setenv("DYNWORK_HASH_BACKEND", "scalar")
+    iterations = max(100_000, min(int(1.5 * scalar_iterations_per_s()), 20_000_000))
+    c = make_cluster(**SCALING)
+    body = b"burst"
     jobs = [c.a.enqueue(body, iterations) for _ in range(32)]
     # A server at its maximum with a backlog borrows the idle peer's quota.
     wait_for(lambda: fleet(c.a) > 2, 60, "server a to grow past its own max_workers by borrowing")

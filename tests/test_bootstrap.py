@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from server.ec2 import user_data
-from server.launcher import WorkerSpec
+from server.launchers.ec2 import user_data
+from server.launchers.base import WorkerSpec
 from worker import bootstrap
 from worker.config import load_settings as load_worker_settings
 

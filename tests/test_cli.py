@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from server import cli
+from client import cli
 from tests.cluster import ROOT, Completer, free_port, reference, wait_for
 
 
@@ -46,7 +46,7 @@ def connected(pid: int, port: int) -> bool:
 
 def run_subprocess(urls, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
     flags = [arg for url in urls for arg in ("--server", url)]
-    return subprocess.run([sys.executable, "-m", "server.cli", *flags, *argv], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "client.cli", *flags, *argv], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -215,7 +215,7 @@ def test_wait_prints_results_in_order_and_fails_on_a_failed_job(make_cluster, ca
 
 def start_waiter(server, work_id: str) -> subprocess.Popen:
     """`dynwork wait` in a subprocess, returned once it holds its long-poll on `server`."""
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "--server", server.url, "wait", work_id],
+    proc = subprocess.Popen([sys.executable, "-m", "client.cli", "--server", server.url, "wait", work_id],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: connected(proc.pid, server.port), 30, "the waiter to connect")

@@ -17,14 +17,14 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
-from server.autoscaler import Autoscaler
+from server.scaling.autoscaler import Autoscaler
 from server.config import ServerSettings
-from server.ec2 import Ec2Launcher
-from server.guard import LaunchGuard
+from server.launchers.ec2 import Ec2Launcher
+from server.scaling.guard import LaunchGuard
 from server.loans import Loans
 from server.scheduler import Scheduler
 from server.store import Store
-from server.workers import Registry
+from server.registry import Registry
 
 TEMPLATE = "dynwork-worker-test"
 CLUSTER = "c1"
@@ -101,6 +101,7 @@ class Harness:
         await self.scheduler.load()
         self.launcher = Ec2Launcher(s, client_factory=self.client_factory)
         await self.launcher.start()
+        self.loops = [asyncio.create_task(loop) for loop in self.launcher.loops().values()]  # as the node does
         self.autoscaler = Autoscaler(settings=s, scheduler=self.scheduler, registry=Registry(),
                                      launcher=self.launcher, guard=self.guard, loans=Loans(s.max_workers),
                                      servers=(SERVER_URL, PEER_URL), token="cluster-secret")
@@ -109,6 +110,9 @@ class Harness:
     async def __aexit__(self, *exc) -> None:
         await self.autoscaler.stop()
         await self.launcher.close()
+        for task in self.loops:
+            task.cancel()
+        await asyncio.gather(*self.loops, return_exceptions=True)
         await self.store.close()
 
     async def backlog(self, jobs=10, iterations=100_000_000) -> None:
@@ -421,7 +425,7 @@ def test_no_launch_before_the_fleet_is_known(tmp_path, ec2):
 
 
 def test_a_stopped_worker_of_ours_is_terminated_and_reported_gone(tmp_path, ec2):
-    from server.launcher import MemberState
+    from server.launchers.base import MemberState
 
     async def scenario():
         async with Harness(tmp_path) as h:

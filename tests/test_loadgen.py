@@ -12,8 +12,8 @@ import statistics
 import pytest
 from hypothesis import given, strategies as st
 
-from server import loadgen
-from server.loadgen import BenchConfig, BenchReport, percentile
+from client import loadgen
+from client.loadgen import BenchConfig, BenchReport, percentile
 from tests.cluster import Completer, free_port
 
 # -- percentiles ---------------------------------------------------------------------------------

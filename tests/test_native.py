@@ -28,9 +28,9 @@ def backend(request):
     if name not in native.available_backends():
         pytest.skip(f"this CPU has no {name}")
     before = native.backend()
-    native._use_backend(name)
+    native.use_backend(name)
     yield name
-    native._use_backend(before)
+    native.use_backend(before)
 
 
 def random_body(length: int, seed: int) -> bytes:

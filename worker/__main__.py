@@ -1,4 +1,5 @@
 """`python -m worker`: lease jobs from the servers and hash them (see --help)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,8 +8,9 @@ import os
 import signal
 import sys
 
+from common.settings import SettingsError, read_token
 from worker.config import load_settings
-from worker.settings import SettingsError, read_token
+from worker.runner import Worker
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,10 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s worker %(name)s: %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s worker %(name)s: %(message)s"
+    )
     import native  # imported late: --help works without the compiled module
-    from worker.runner import Worker
 
     worker = Worker(settings, token, hasher=native.chain_many, lanes=native.lanes())
     code = asyncio.run(_run(worker))
@@ -32,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-async def _run(worker) -> int:
+async def _run(worker: Worker) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop, f"signal {sig.name}")

@@ -13,6 +13,7 @@ writes the token to a mode-0600 file, and runs the worker in this process; its e
 this command's, and the unit then powers the instance off (instance-initiated shutdown is
 terminate). IMDS may not answer in the first seconds of a boot, so fetching retries for a while.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,10 +24,11 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any
 
-from worker.settings import SettingsError, load, option
+from common.settings import SettingsError, load, option
 
 log = logging.getLogger("worker.bootstrap")
 
@@ -38,7 +40,8 @@ EXIT_BAD_USER_DATA = 78  # EX_CONFIG: retrying the same user-data cannot help
 @dataclasses.dataclass(frozen=True)
 class BootstrapSettings:
     imds_endpoint: str = option(
-        "", "instance metadata endpoint (default: $AWS_EC2_METADATA_SERVICE_ENDPOINT or http://169.254.169.254)")
+        "", "instance metadata endpoint (default: $AWS_EC2_METADATA_SERVICE_ENDPOINT or http://169.254.169.254)"
+    )
     imds_wait_s: float = option(120.0, "how long to keep trying to read the user-data at boot")
     token_file: Path = option(Path("/run/dynwork/cluster.token"), "where to write the cluster secret (mode 0600)")
     log_level: str = option("INFO", "logging level")
@@ -63,14 +66,17 @@ def fetch_user_data(endpoint: str, *, wait_s: float, timeout_s: float = 2.0) -> 
     delay = 0.2
     while True:
         try:
-            put = urllib.request.Request(f"{endpoint}/latest/api/token", method="PUT",
-                                         headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)})
+            put = urllib.request.Request(
+                f"{endpoint}/latest/api/token",
+                method="PUT",
+                headers={"X-aws-ec2-metadata-token-ttl-seconds": str(TOKEN_TTL_S)},
+            )
             with urllib.request.urlopen(put, timeout=timeout_s) as resp:
                 session = resp.read().decode().strip()
-            get = urllib.request.Request(f"{endpoint}/latest/user-data",
-                                         headers={"X-aws-ec2-metadata-token": session})
+            get = urllib.request.Request(f"{endpoint}/latest/user-data", headers={"X-aws-ec2-metadata-token": session})
             with urllib.request.urlopen(get, timeout=timeout_s) as resp:
-                return resp.read()
+                data: bytes = resp.read()
+                return data
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 raise UserDataError("the instance has no user-data") from None
@@ -84,7 +90,7 @@ def fetch_user_data(endpoint: str, *, wait_s: float, timeout_s: float = 2.0) -> 
         delay = min(delay * 2, 5.0)
 
 
-def parse_user_data(raw: bytes) -> dict:
+def parse_user_data(raw: bytes) -> dict[str, Any]:
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -114,19 +120,31 @@ def write_token(path: Path, token: str) -> None:
     os.replace(tmp, path)
 
 
-def worker_argv(data: dict, token_file: Path) -> list[str]:
+def worker_argv(data: dict[str, Any], token_file: Path) -> list[str]:
     argv = []
     for url in data["servers"]:
         argv += ["--server", url]
-    argv += ["--token-file", str(token_file), "--worker-id", data["worker_id"],
-             "--threads", str(int(data.get("threads", 0))),
-             "--idle-exit-s", f"{float(data.get('idle_exit_s', 60.0)):g}"]
+    argv += [
+        "--token-file",
+        str(token_file),
+        "--worker-id",
+        data["worker_id"],
+        "--threads",
+        str(int(data.get("threads", 0))),
+        "--idle-exit-s",
+        f"{float(data.get('idle_exit_s', 60.0)):g}",
+    ]
     return argv
 
 
 def main(argv: Sequence[str] | None = None, *, run_worker: Callable[[list[str]], int] | None = None) -> int:
-    settings = load(BootstrapSettings, argv, prog="python -m worker.bootstrap", env_prefix=ENV_PREFIX,
-                    description="Start a dynwork worker from the EC2 instance's user-data (IMDSv2).")
+    settings = load(
+        BootstrapSettings,
+        argv,
+        prog="python -m worker.bootstrap",
+        env_prefix=ENV_PREFIX,
+        description="Start a dynwork worker from the EC2 instance's user-data (IMDSv2).",
+    )
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         data = parse_user_data(fetch_user_data(settings.endpoint, wait_s=settings.imds_wait_s))
@@ -140,7 +158,9 @@ def main(argv: Sequence[str] | None = None, *, run_worker: Callable[[list[str]],
     args = worker_argv(data, settings.token_file)
     log.info("starting worker %s for %s", data["worker_id"], ", ".join(data["servers"]))
     if run_worker is None:
-        from worker.__main__ import main as run_worker  # the worker proper, in this process
+        from worker.__main__ import main as worker_main  # the worker proper, in this process
+
+        run_worker = worker_main
     return int(run_worker(args) or 0)
 
 

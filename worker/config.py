@@ -1,13 +1,14 @@
 """Worker settings: every option is a flag, a DYNWORK_WORKER_<OPTION> environment variable and a config key."""
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import socket
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Sequence
 
-from worker.settings import SettingsError, load, option
+from common.settings import SettingsError, load, option
 
 ENV_PREFIX = "DYNWORK_WORKER_"
 
@@ -45,6 +46,12 @@ class WorkerSettings:
         return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
 
 
-def load_settings(argv: Sequence[str] | None = None, environ=None) -> WorkerSettings:
-    return load(WorkerSettings, argv, prog="python -m worker", env_prefix=ENV_PREFIX, environ=environ,
-                description="A dynwork worker: leases jobs from both servers and hashes them natively.")
+def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> WorkerSettings:
+    return load(
+        WorkerSettings,
+        argv,
+        prog="python -m worker",
+        env_prefix=ENV_PREFIX,
+        environ=environ,
+        description="A dynwork worker: leases jobs from both servers and hashes them natively.",
+    )

@@ -4,21 +4,25 @@ Event-loop tasks do all I/O; hashing runs in a thread pool through `native.chain
 releases the GIL. Every job is in exactly one place: pending (leased, not started), running,
 or done (digest waiting to be reported), and heartbeats cover the first two.
 """
+
 from __future__ import annotations
 
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import math
 import random
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import aiohttp
 
-from server.policy import job_cost
-from worker.client import LeasedJob, Rejected, ServerClient, Unavailable
+from common.cost import compressions, job_cost
+from common.http import AiohttpTransport, Refused, Unauthorized, Unavailable
+from worker.client import LeasedJob, ServerClient
 from worker.config import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,22 @@ FLUSH_ATTEMPTS_ON_EXIT = 5
 INLINE_HASH_MAX = 512  # compressions (~0.1 ms) a batch may need to be hashed on the event loop
 
 Hasher = Callable[[Sequence[tuple[bytes, int]]], list[bytes]]
+
+
+class Server(Protocol):
+    """One server's internal API as the worker uses it (worker.client.ServerClient over HTTP)."""
+
+    url: str
+
+    async def lease(self, max_jobs: int, wait_s: float) -> tuple[float, list[LeasedJob]]: ...
+
+    async def complete(
+        self, results: list[tuple[str, str]], failures: list[tuple[str, str]], stats: dict[str, Any]
+    ) -> dict[str, Any]: ...
+
+    async def heartbeat(self, work_ids: list[str], stats: dict[str, Any]) -> list[str]: ...
+
+    async def release(self, work_ids: list[str], stats: dict[str, Any]) -> None: ...
 
 
 class Fatal(Exception):
@@ -76,7 +96,7 @@ class Worker:
         self._own_idle.set()
         self._flush_wanted = {url: asyncio.Event() for url in settings.servers}
         self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="hash")
-        self.clients: list[ServerClient] = []
+        self.clients: list[Server] = []
 
     # -- sizes -----------------------------------------------------------------------------
     @property
@@ -88,20 +108,37 @@ class Worker:
         want = math.ceil(self.jobs_per_s * self.settings.batch_s * 2)
         return min(MAX_HELD, max(self.min_held, want))
 
-    def stats(self) -> dict:
-        return {"rate": round(self.cost_per_s, 1), "jobs_per_s": round(self.jobs_per_s, 1),
-                "busy": self.held > 0, "held": self.held, "threads": self.threads}
+    def stats(self) -> dict[str, Any]:
+        return {
+            "rate": round(self.cost_per_s, 1),
+            "jobs_per_s": round(self.jobs_per_s, 1),
+            "busy": self.held > 0,
+            "held": self.held,
+            "threads": self.threads,
+        }
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def run(self) -> int:
+    async def run(self, clients: Sequence[Server] | None = None) -> int:
+        """Work until stopped (signal, idle, a fatal error); returns the exit code. `clients`, one
+        per server (own first), replace the HTTP clients built from the settings (tests)."""
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
         async with aiohttp.ClientSession(connector=connector) as session:
-            self.clients = [ServerClient(url, self.token, self.settings.identity, session)
-                            for url in self.settings.servers]
-            log.info("worker %s: %d thread(s), servers %s", self.settings.identity, self.threads,
-                     ", ".join(self.settings.servers))
-            leasers = [asyncio.create_task(self._lease_loop(c, own=i == 0), name=f"lease-{i}")
-                       for i, c in enumerate(self.clients)]
+            transport = AiohttpTransport(session)
+            self.clients = (
+                list(clients)
+                if clients is not None
+                else [ServerClient(url, self.token, self.settings.identity, transport) for url in self.settings.servers]
+            )
+            log.info(
+                "worker %s: %d thread(s), servers %s",
+                self.settings.identity,
+                self.threads,
+                ", ".join(self.settings.servers),
+            )
+            leasers = [
+                asyncio.create_task(self._lease_loop(c, own=i == 0), name=f"lease-{i}")
+                for i, c in enumerate(self.clients)
+            ]
             hashers = [asyncio.create_task(self._compute_loop(), name=f"compute-{i}") for i in range(self.threads)]
             services = [asyncio.create_task(self._flush_loop(c), name=f"flush-{c.url}") for c in self.clients]
             services.append(asyncio.create_task(self._heartbeat_loop(), name="heartbeat"))
@@ -118,7 +155,7 @@ class Worker:
             log.info("stopping: %s", reason)
             self.stopping.set()
 
-    def _task_done(self, task: asyncio.Task) -> None:
+    def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
@@ -129,8 +166,9 @@ class Worker:
         self.exit_code = 1
         self.stop("a worker task failed")
 
-    async def _drain(self, leasers: list[asyncio.Task], hashers: list[asyncio.Task],
-                     services: list[asyncio.Task]) -> None:
+    async def _drain(
+        self, leasers: list[asyncio.Task[None]], hashers: list[asyncio.Task[None]], services: list[asyncio.Task[None]]
+    ) -> None:
         """Stop leasing, hand back what has not started, finish what has, report everything."""
         for task in leasers:
             task.cancel()
@@ -141,8 +179,9 @@ class Worker:
         self._work_ready.set()  # hashers see no work and stopping: they return
         _, still_running = await asyncio.wait(hashers, timeout=self.settings.drain_timeout_s)
         if still_running:
-            log.warning("%d job(s) still running after %.0fs; releasing them", len(self.running),
-                        self.settings.drain_timeout_s)
+            log.warning(
+                "%d job(s) still running after %.0fs; releasing them", len(self.running), self.settings.drain_timeout_s
+            )
             await self._release(list(self.running.values()))
             for task in still_running:
                 task.cancel()  # their results are no longer ours to report
@@ -160,12 +199,13 @@ class Worker:
             if ids:
                 try:
                     await client.release(ids, self.stats())
-                except (Unavailable, Rejected) as exc:
-                    log.warning("could not release %d job(s) to %s (their leases will expire): %s",
-                                len(ids), client.url, exc)
+                except (Unavailable, Refused) as exc:
+                    log.warning(
+                        "could not release %d job(s) to %s (their leases will expire): %s", len(ids), client.url, exc
+                    )
 
     # -- leasing ---------------------------------------------------------------------------
-    async def _lease_loop(self, client: ServerClient, *, own: bool) -> None:
+    async def _lease_loop(self, client: Server, *, own: bool) -> None:
         backoff = Backoff()
         while not self.stopping.is_set():
             room = self.target_held() - self.held
@@ -184,9 +224,9 @@ class Worker:
                 log.debug("lease from %s failed: %s", client.url, exc)
                 await backoff.sleep()
                 continue
-            except Rejected as exc:
-                if exc.status in (401, 403):
-                    raise Fatal(f"{client.url} rejected this worker: {exc}") from None
+            except Unauthorized as exc:
+                raise Fatal(f"{client.url} rejected this worker: {exc}") from None
+            except Refused as exc:
                 log.error("lease from %s refused: %s", client.url, exc)
                 await backoff.sleep()
                 continue
@@ -208,7 +248,8 @@ class Worker:
     def _take_batch(self) -> list[LeasedJob]:
         """Enough jobs for about batch_s of one thread, and at least one job per lane."""
         budget = self.cost_per_s / self.threads * self.settings.batch_s if self.cost_per_s else 0
-        batch, cost = [], 0
+        batch: list[LeasedJob] = []
+        cost = 0
         while self.pending and (len(batch) < self.lanes or cost < budget):
             job = self.pending.popleft()
             batch.append(job)
@@ -231,17 +272,17 @@ class Worker:
             started = time.monotonic()
             try:
                 jobs = [(j.body, j.iterations) for j in batch]
-                if sum(n + len(b) // 128 for b, n in jobs) <= INLINE_HASH_MAX:
+                if sum(compressions(n, len(b)) for b, n in jobs) <= INLINE_HASH_MAX:
                     digests = self.hasher(jobs)  # microseconds: a thread hand-off would cost more
                 else:
                     digests = await loop.run_in_executor(self._pool, self.hasher, jobs)
-            except Exception as exc:  # noqa: BLE001 - reported per job; the server retries or fails it
+            except Exception as exc:
                 log.exception("hashing a batch of %d failed", len(batch))
                 for job in batch:
                     self.failed[job.server].append((job.work_id, f"{type(exc).__name__}: {exc}"))
             else:
                 self._measure(batch, time.monotonic() - started)
-                for job, digest in zip(batch, digests):
+                for job, digest in zip(batch, digests, strict=True):
                     self.done[job.server].append((job.work_id, digest.hex()))
             for job in batch:
                 self.running.pop(job.work_id, None)
@@ -261,7 +302,7 @@ class Worker:
             self.cost_per_s += RATE_EWMA * (cost_rate - self.cost_per_s)
 
     # -- reporting -------------------------------------------------------------------------
-    async def _flush_loop(self, client: ServerClient) -> None:
+    async def _flush_loop(self, client: Server) -> None:
         wanted = self._flush_wanted[client.url]
         backoff = Backoff()
         while True:
@@ -273,7 +314,7 @@ class Worker:
                 wanted.set()
                 await backoff.sleep()
 
-    async def _flush(self, client: ServerClient, *, attempts: int) -> bool:
+    async def _flush(self, client: Server, *, attempts: int) -> bool:
         """Report everything done for this server; True when nothing is left to report."""
         for attempt in range(attempts):
             results, failures = self.done[client.url], self.failed[client.url]
@@ -284,7 +325,7 @@ class Worker:
                 await client.complete(results, failures, self.stats())
                 self.completed += len(results)
                 continue
-            except Rejected as exc:
+            except Refused as exc:
                 # The server refused the batch itself; resending it cannot help.
                 log.error("%s refused %d result(s): %s", client.url, len(results) + len(failures), exc)
                 continue
@@ -293,7 +334,7 @@ class Worker:
                 self.done[client.url][:0] = results
                 self.failed[client.url][:0] = failures
                 if attempt + 1 < attempts:
-                    await asyncio.sleep(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** attempt))
+                    await asyncio.sleep(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2**attempt))
         return not self.done[client.url] and not self.failed[client.url]
 
     async def _heartbeat_loop(self) -> None:
@@ -308,9 +349,9 @@ class Worker:
                 except Unavailable as exc:
                     log.debug("heartbeat to %s failed: %s", client.url, exc)
                     continue
-                except Rejected as exc:
-                    if exc.status in (401, 403):
-                        raise Fatal(f"{client.url} rejected this worker: {exc}") from None
+                except Unauthorized as exc:
+                    raise Fatal(f"{client.url} rejected this worker: {exc}") from None
+                except Refused as exc:
                     log.error("heartbeat to %s refused: %s", client.url, exc)
                     continue
                 if lost:
@@ -318,10 +359,8 @@ class Worker:
                     self.pending = collections.deque(j for j in self.pending if j.work_id not in lost)
                     log.info("%d lease(s) on %s were lost", len(lost), client.url)
             self._heartbeat_due.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._heartbeat_due.wait(), self._heartbeat_interval())
-            except asyncio.TimeoutError:
-                pass
 
     def _heartbeat_interval(self) -> float:
         return min(HEARTBEAT_MAX_S, self.lease_s / 3)

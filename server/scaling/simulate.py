@@ -6,14 +6,15 @@ work. Billing is per second from launch to exit with EC2's 60-second minimum. Th
 runs every tick_s on the observation the real autoscaler would make (measured median worker
 rate, measured boot time) and its launches pass through the real LaunchGuard.
 
-    python -m server.simulate                 # the burst and bursty traces, all rules
-    python -m server.simulate --trace bursty --seed 7
+    python -m server.scaling.simulate                 # the burst and bursty traces, all rules
+    python -m server.scaling.simulate --trace bursty --seed 7
 
 Rules compared:
 - policy: server.policy (projected need from measured rate and boot time);
 - fixed: "oldest job > 15 s, add one worker", checked every tick, as the rule is stated;
 - fixed-cooldown: the same rule, but no new launch while one is still booting.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,11 @@ import dataclasses
 import heapq
 import random
 import statistics
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
-from server import policy
-from server.guard import LaunchGuard
+from common.stats import percentile, smoothed
+from server.scaling import policy
+from server.scaling.guard import LaunchGuard
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +59,7 @@ class SimWorker:
 
     @property
     def billed_s(self) -> float:
+        assert self.exited_at is not None, "billed once it has exited"
         return self.exited_at - self.launched_at
 
 
@@ -72,9 +75,11 @@ class Report:
     most_workers: int
 
     def line(self) -> str:
-        return (f"{self.rule:15s} jobs {self.jobs:5d}  billed {self.worker_seconds:8.0f} worker-s  "
-                f"launches {self.launches:3d}  peak {self.most_workers:3d}  latency p50 {self.p50_s:6.1f}s  "
-                f"p95 {self.p95_s:6.1f}s  max {self.max_s:6.1f}s")
+        return (
+            f"{self.rule:15s} jobs {self.jobs:5d}  billed {self.worker_seconds:8.0f} worker-s  "
+            f"launches {self.launches:3d}  peak {self.most_workers:3d}  latency p50 {self.p50_s:6.1f}s  "
+            f"p95 {self.p95_s:6.1f}s  max {self.max_s:6.1f}s"
+        )
 
 
 # -- rules: observation -> launches wanted now -----------------------------------------------
@@ -92,12 +97,12 @@ def fixed_rule(wait_s: float = 15.0, *, cooldown: bool = False) -> Rule:
             return 0
         have = obs.live + obs.starting
         return 1 if obs.oldest_wait_s > wait_s and have < obs.allowed else 0
+
     return rule
 
 
 # -- traces ------------------------------------------------------------------------------------
-def burst(jobs: int = 200, at: float = 0.0, over_s: float = 10.0, job_s: float = 1.0,
-          rate: float = 5e6) -> list[Job]:
+def burst(jobs: int = 200, at: float = 0.0, over_s: float = 10.0, job_s: float = 1.0, rate: float = 5e6) -> list[Job]:
     """`jobs` jobs of job_s seconds of work each, arriving evenly over over_s from `at`."""
     cost = int(job_s * rate)
     return [Job(at + over_s * i / jobs, cost) for i in range(jobs)]
@@ -122,12 +127,20 @@ def bursty(seed: int = 1, duration_s: float = 1800.0, rate: float = 5e6) -> list
     return sorted(jobs, key=lambda j: j.arrival)
 
 
-TRACES = {"burst": lambda seed: burst(), "bursty": lambda seed: bursty(seed)}
+TRACES: dict[str, Callable[[int], list[Job]]] = {"burst": lambda seed: burst(), "bursty": bursty}
 
 
 # -- the simulation -----------------------------------------------------------------------------
-def simulate(trace: Iterable[Job], rule: Rule, *, name: str = "rule", cloud: CloudParams | None = None,
-             seed: int = 0, default_rate: float | None = None, initial_boot_s: float = 0.0) -> Report:
+def simulate(  # noqa: PLR0912, PLR0915 - the simulation's one event loop reads best whole
+    trace: Iterable[Job],
+    rule: Rule,
+    *,
+    name: str = "rule",
+    cloud: CloudParams | None = None,
+    seed: int = 0,
+    default_rate: float | None = None,
+    initial_boot_s: float = 0.0,
+) -> Report:
     cloud = cloud or CloudParams()
     rng = random.Random(seed)
     pending = sorted(trace, key=lambda j: j.arrival)
@@ -176,7 +189,7 @@ def simulate(trace: Iterable[Job], rule: Rule, *, name: str = "rule", cloud: Clo
             if w.ready_at <= now and not w.reported:
                 w.reported = True
                 took = w.ready_at - w.launched_at
-                boot_estimate = took if boot_estimate is None else 0.7 * boot_estimate + 0.3 * took
+                boot_estimate = smoothed(boot_estimate, took, policy.BOOT_SMOOTHING)
         measured = [w.rate for w in workers if w.ready_at <= now]
         obs = policy.Observation(
             queued=len(queue),
@@ -209,20 +222,14 @@ def simulate(trace: Iterable[Job], rule: Rule, *, name: str = "rule", cloud: Clo
         jobs=len(latencies),
         worker_seconds=sum(w.billed_s for w in workers),
         launches=len(workers),
-        p50_s=_pct(latencies, 0.50),
-        p95_s=_pct(latencies, 0.95),
+        p50_s=percentile(latencies, 50) if latencies else 0.0,
+        p95_s=percentile(latencies, 95) if latencies else 0.0,
         max_s=latencies[-1] if latencies else 0.0,
         most_workers=most,
     )
 
 
-def _pct(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return 0.0
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
-
-
-RULES = {
+RULES: dict[str, Callable[[], Rule]] = {
     "policy": policy_rule,
     "fixed": fixed_rule,
     "fixed-cooldown": lambda: fixed_rule(cooldown=True),
@@ -234,7 +241,7 @@ def compare(trace: list[Job], *, cloud: CloudParams | None = None, seed: int = 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.simulate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m server.scaling.simulate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", choices=sorted(TRACES), action="append", help="trace(s) to run (default: all)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--boot-s", type=float, default=CloudParams.boot_s)
@@ -244,9 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     cloud = CloudParams(boot_s=args.boot_s, idle_exit_s=args.idle_exit_s, max_workers=args.max_workers)
     for trace_name in args.trace or sorted(TRACES):
         trace = TRACES[trace_name](args.seed)
-        print(f"trace {trace_name}: {len(trace)} jobs, "
-              f"{sum(j.cost for j in trace) / cloud.worker_rate:.0f} worker-s of work; "
-              f"boot {cloud.boot_s:g}s, idle exit {cloud.idle_exit_s:g}s, max {cloud.max_workers} workers")
+        print(
+            f"trace {trace_name}: {len(trace)} jobs, "
+            f"{sum(j.cost for j in trace) / cloud.worker_rate:.0f} worker-s of work; "
+            f"boot {cloud.boot_s:g}s, idle exit {cloud.idle_exit_s:g}s, max {cloud.max_workers} workers"
+        )
         for report in compare(trace, cloud=cloud, seed=args.seed).values():
             print("  " + report.line())
     return 0

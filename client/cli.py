@@ -17,8 +17,8 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from server import loadgen
-from server.loadgen import describe_exception
+from client import loadgen
+from client.loadgen import describe_exception
 
 DEFAULT_SERVERS = ("http://127.0.0.1:8001", "http://127.0.0.1:8002")
 SERVERS_ENV = "DYNWORK_SERVERS"

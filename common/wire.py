@@ -1,12 +1,14 @@
-"""The internal wire format shared by server and worker.
+"""The internal wire format shared by server and worker: headers and the lease framing.
 
 A lease response carries raw job bodies without base64: a 4-byte big-endian length, a JSON
 header describing the jobs, then the bodies back to back in header order.
 """
+
 from __future__ import annotations
 
 import json
 import struct
+from typing import Any
 
 LEASE_CONTENT_TYPE = "application/x-dynwork-lease"
 WORKER_ID_HEADER = "X-Worker-Id"
@@ -17,17 +19,17 @@ class ProtocolError(ValueError):
     """A message that does not follow the internal wire format."""
 
 
-def pack_lease(header: dict, bodies: list[bytes]) -> list[bytes]:
+def pack_lease(header: dict[str, Any], bodies: list[bytes]) -> list[bytes]:
     """Chunks to write, in order (no copy of the bodies)."""
     head = json.dumps(header, separators=(",", ":")).encode()
     return [_LENGTH.pack(len(head)), head, *bodies]
 
 
-def unpack_lease(data: bytes) -> tuple[dict, list[bytes]]:
+def unpack_lease(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
     """The header and each job's body (sizes from the header's jobs[i]["size"])."""
     try:
         (head_len,) = _LENGTH.unpack_from(data, 0)
-        header = json.loads(data[_LENGTH.size:_LENGTH.size + head_len])
+        header = json.loads(data[_LENGTH.size : _LENGTH.size + head_len])
         offset = _LENGTH.size + head_len
         bodies = []
         for job in header["jobs"]:

@@ -18,17 +18,14 @@ those there when the oldest job has waited scale_up_wait_s and nobody is on the 
 workers than queued jobs, and never below min_workers. `allowed` (max_workers and loans) caps
 what is launched; the uncapped wish sizes the loans asked of the peer.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 
-#: cost units charged per job on top of its hashing (round trips, bookkeeping): ~0.2 ms of a worker
-JOB_OVERHEAD_COST = 1000
-
-
-def job_cost(iterations: int, body_bytes: int) -> int:
-    return iterations + (body_bytes + 127) // 128 + JOB_OVERHEAD_COST
+#: weight of the newest boot time in the running estimate (autoscaler and simulation alike)
+BOOT_SMOOTHING = 0.3
 
 
 @dataclasses.dataclass(frozen=True)

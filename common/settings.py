@@ -5,6 +5,7 @@ argparse parser from the fields, so every option is a flag, an environment varia
 derived name, and a key of an optional TOML config file. Precedence: flag, then environment,
 then config file, then the field's default.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,10 +13,14 @@ import dataclasses
 import os
 import tomllib
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class SettingsError(ValueError):
@@ -66,6 +71,7 @@ def _parse_bool(text: str) -> bool:
 
 def _coerce(name: str, raw: Any, parse: Callable[[str], Any], is_list: bool, source: str) -> Any:
     """One value from a flag, the environment (strings) or the config file (TOML types)."""
+
     def text(value: Any) -> str:
         return str(value).lower() if isinstance(value, bool) else str(value).strip()
 
@@ -78,7 +84,7 @@ def _coerce(name: str, raw: Any, parse: Callable[[str], Any], is_list: bool, sou
         raise SettingsError(f"{source}: bad value {raw!r} for {name}: {exc}") from None
 
 
-def build_parser(cls: type, prog: str, description: str, env_prefix: str) -> argparse.ArgumentParser:
+def build_parser(cls: type[Any], prog: str, description: str, env_prefix: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
         description=description,
@@ -96,20 +102,36 @@ def build_parser(cls: type, prog: str, description: str, env_prefix: str) -> arg
         default = field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
         env = _env_name(env_prefix, field.name)
         help_text = f"{field.metadata.get('help', '')} (env {env}; default {default!r})"
-        parser.add_argument(
-            _flag(field.name),
-            *field.metadata.get("aliases", ()),
-            dest=field.name,
-            default=argparse.SUPPRESS,
-            action=argparse.BooleanOptionalAction if is_flag else "append" if is_list else "store",
-            **({} if is_flag else {"metavar": field.metadata.get("metavar") or field.name.upper()}),
-            help=help_text,
-        )
+        names = [_flag(field.name), *field.metadata.get("aliases", ())]
+        if is_flag:
+            parser.add_argument(
+                *names,
+                dest=field.name,
+                default=argparse.SUPPRESS,
+                action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                *names,
+                dest=field.name,
+                default=argparse.SUPPRESS,
+                action="append" if is_list else "store",
+                metavar=field.metadata.get("metavar") or field.name.upper(),
+                help=help_text,
+            )
     return parser
 
 
-def load(cls: type[T], argv: Sequence[str] | None, *, prog: str, description: str, env_prefix: str,
-         environ: typing.Mapping[str, str] | None = None) -> T:
+def load(
+    cls: type[T],
+    argv: Sequence[str] | None,
+    *,
+    prog: str,
+    description: str,
+    env_prefix: str,
+    environ: typing.Mapping[str, str] | None = None,
+) -> T:
     """Settings from flags, environment and config file, validated by the class's __post_init__."""
     environ = os.environ if environ is None else environ
     parser = build_parser(cls, prog, description, env_prefix)

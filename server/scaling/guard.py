@@ -12,15 +12,17 @@ Three brakes, each visible in GET /status:
 Times are whatever clock the caller passes as `now` (the autoscaler uses time.time()); the
 `clock` is only used where a method is called without one.
 """
+
 from __future__ import annotations
 
 import collections
 import logging
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
-from server.launcher import LaunchError
+from server.launchers.base import LaunchError
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +30,17 @@ WINDOW_S = 60.0
 
 
 class LaunchGuard:
-    def __init__(self, max_per_minute: int = 20, clock: Callable[[], float] | None = None,
-                 rng: Callable[[], float] | None = None, *, base_backoff_s: float = 2.0,
-                 max_backoff_s: float = 300.0, max_boot_failures: int = 3,
-                 probe_interval_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        max_per_minute: int = 20,
+        clock: Callable[[], float] | None = None,
+        rng: Callable[[], float] | None = None,
+        *,
+        base_backoff_s: float = 2.0,
+        max_backoff_s: float = 300.0,
+        max_boot_failures: int = 3,
+        probe_interval_s: float = 600.0,
+    ) -> None:
         if max_per_minute < 1:
             raise ValueError("max_per_minute must be >= 1")
         self.max_per_minute = max_per_minute
@@ -96,8 +105,13 @@ class LaunchGuard:
             delay = self.max_backoff_s  # auth, bad template: retrying soon cannot help
         delay *= 0.5 + 0.5 * self.rng()  # jitter, so two servers do not retry in step
         self.retry_at = now + delay
-        log.warning("launch failed (%d in a row%s): %s; next attempt in %.1fs", self.failures,
-                    "" if getattr(exc, "retryable", True) else ", not retryable", exc, delay)
+        log.warning(
+            "launch failed (%d in a row%s): %s; next attempt in %.1fs",
+            self.failures,
+            "" if getattr(exc, "retryable", True) else ", not retryable",
+            exc,
+            delay,
+        )
 
     def succeeded(self, now: float | None = None) -> None:
         self._time(now)
@@ -119,9 +133,12 @@ class LaunchGuard:
         if self.boot_failures >= self.max_boot_failures and not self.suspended:
             self.suspended = True
             self.probe_at = now + self.probe_interval_s
-            log.error("launches suspended: %d launched workers in a row never reported; check the "
-                      "launch template, image and network (one probe launch every %.0fs)",
-                      self.boot_failures, self.probe_interval_s)
+            log.error(
+                "launches suspended: %d launched workers in a row never reported; check the "
+                "launch template, image and network (one probe launch every %.0fs)",
+                self.boot_failures,
+                self.probe_interval_s,
+            )
 
     # -- reporting -----------------------------------------------------------------------------
     @property
@@ -134,7 +151,7 @@ class LaunchGuard:
             return "capped"
         return "ok"
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         now = self._now
         status = {
             "state": self.state,

@@ -1,4 +1,4 @@
-"""Iterations per second of the SHA-512 chain: `python -m native.bench [--quick]`.
+"""Iterations per second of the SHA-512 chain: `python -m client.bench_native [--quick]`.
 
 One run measures the Python hashlib loop, every backend this CPU has on one chain and on batches
 of 8/16/32/64 chains (one `chain_many` call on one thread), and 2 threads each running
@@ -55,7 +55,7 @@ def threaded_rate(jobs: list[tuple[bytes, int]], threads: int) -> tuple[float, f
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m native.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m client.bench_native", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a tenth of the work (a smoke test, noisier)")
     args = parser.parse_args(argv)
     scale = 10 if args.quick else 1
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     available = native.available_backends()
     try:
         for name in available:
-            native._use_backend(name)
+            native.use_backend(name)
             assert native.chain_many([(BODY, 1000)]) == [check], name
             if name == "scalar":
                 rows.append(("scalar chain()", rate(lambda: native.chain(BODY, one_chain), one_chain)))
@@ -79,14 +79,14 @@ def main(argv: list[str] | None = None) -> None:
                 per = batch_total // size
                 jobs = [(bytes([i]) + BODY, per) for i in range(size)]
                 rows.append((f"{name} chain_many x{size}", rate(lambda: native.chain_many(jobs), per * size)))
-        native._use_backend(original)
+        native.use_backend(original)
         jobs = [(bytes([i]) + BODY, worker_iterations) for i in range(64)]
         wall, per_cpu = threaded_rate(jobs, 2)
         label = f"{original} 2 threads x chain_many, 64 jobs x {worker_iterations:,}"
         rows.append((f"{label}, wall", wall))
         rows.append((f"{label}, per core", per_cpu))
     finally:
-        native._use_backend(original)
+        native.use_backend(original)
     end_hashlib = rate(lambda: hashlib_loop(one_chain), one_chain)
     base = (start_hashlib + end_hashlib) / 2
 

@@ -12,6 +12,7 @@ built with the standard configuration chain, so AWS_ENDPOINT_URL, AWS_REGION / t
 and the credential chain (environment, profile, instance profile) all apply. Botocore retries
 are kept low; the launch guard owns back-off.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -21,11 +22,14 @@ import functools
 import json
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
-from server.launcher import FleetMember, Launcher, LaunchError, MemberState, WorkerSpec
+from server.config import ServerSettings
+from server.launchers.base import FleetMember, Launcher, LaunchError, MemberState, WorkerSpec
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TAG_CLUSTER = "dynwork:cluster"
 TAG_ROLE = "dynwork:role"
@@ -37,25 +41,28 @@ LIVE_STATES = ("pending", "running", "stopping", "stopped", "shutting-down")
 #: a launch the cloud has not listed yet is still counted this long (eventual consistency)
 UNLISTED_GRACE_S = 120.0
 #: error codes that no amount of retrying soon will fix
-FATAL_CODES = frozenset({
-    "AuthFailure", "UnauthorizedOperation", "InvalidClientTokenId", "SignatureDoesNotMatch",
-    "OptInRequired", "Blocked", "InvalidParameterValue", "InvalidParameterCombination",
-    "InvalidLaunchTemplateName.NotFoundException", "InvalidLaunchTemplateId.NotFound",
-    "InvalidLaunchTemplateName.MalformedException", "InvalidAMIID.NotFound", "InvalidAMIID.Malformed",
-})
+FATAL_CODES = frozenset(
+    {
+        "AuthFailure",
+        "UnauthorizedOperation",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "OptInRequired",
+        "Blocked",
+        "InvalidParameterValue",
+        "InvalidParameterCombination",
+        "InvalidLaunchTemplateName.NotFoundException",
+        "InvalidLaunchTemplateId.NotFound",
+        "InvalidLaunchTemplateName.MalformedException",
+        "InvalidAMIID.NotFound",
+        "InvalidAMIID.Malformed",
+    }
+)
 
 _STATE = {
     "pending": MemberState.STARTING,
     "running": MemberState.RUNNING,
 }
-
-
-class PartialLaunch(LaunchError):
-    """Some of the requested instances started, then launching failed; `started` lists them."""
-
-    def __init__(self, message: str, started: list[str], *, retryable: bool = True) -> None:
-        super().__init__(message, retryable=retryable)
-        self.started = started
 
 
 @dataclasses.dataclass
@@ -68,24 +75,26 @@ class Instance:
     listed_at: float  # when the cloud last listed it (0: only known from RunInstances)
 
     def member(self) -> FleetMember:
-        return FleetMember(self.worker_id, _STATE.get(self.state, MemberState.GONE), self.launched_at,
-                           owned=self.owned)
+        return FleetMember(self.worker_id, _STATE.get(self.state, MemberState.GONE), self.launched_at, owned=self.owned)
 
 
 def user_data(spec: WorkerSpec) -> str:
     """The worker's instance user-data: a TOML document read by `python -m worker.bootstrap`."""
+
     def s(value: str) -> str:
         return json.dumps(value)  # a JSON string with ASCII escapes is a valid TOML basic string
 
-    return "\n".join([
-        "# dynwork worker settings, read by python -m worker.bootstrap",
-        f"servers = [{', '.join(s(url) for url in spec.servers)}]",
-        f"token = {s(spec.token)}",
-        f"worker_id = {s(spec.worker_id)}",
-        f"threads = {int(spec.threads)}",
-        f"idle_exit_s = {float(spec.idle_exit_s)!r}",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# dynwork worker settings, read by python -m worker.bootstrap",
+            f"servers = [{', '.join(s(url) for url in spec.servers)}]",
+            f"token = {s(spec.token)}",
+            f"worker_id = {s(spec.worker_id)}",
+            f"threads = {int(spec.threads)}",
+            f"idle_exit_s = {float(spec.idle_exit_s)!r}",
+            "",
+        ]
+    )
 
 
 def _error(exc: BaseException, what: str) -> LaunchError:
@@ -95,8 +104,11 @@ def _error(exc: BaseException, what: str) -> LaunchError:
     if isinstance(response, dict):
         code = response.get("Error", {}).get("Code", "")
     name = type(exc).__name__
-    retryable = code not in FATAL_CODES and name not in ("NoCredentialsError", "NoRegionError",
-                                                         "PartialCredentialsError")
+    retryable = code not in FATAL_CODES and name not in (
+        "NoCredentialsError",
+        "NoRegionError",
+        "PartialCredentialsError",
+    )
     return LaunchError(f"{what}: {code or name}: {exc}", retryable=retryable)
 
 
@@ -104,8 +116,13 @@ class Ec2Launcher(Launcher):
     name = "ec2"
     default_boot_timeout_s = 300.0
 
-    def __init__(self, settings, *, client_factory: Callable[[], Any] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        client_factory: Callable[[], Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.template = settings.launch_template
         self.cluster = settings.cluster
         self.region = settings.aws_region or None
@@ -113,24 +130,25 @@ class Ec2Launcher(Launcher):
         self.reconcile_interval_s = settings.reconcile_interval_s
         self.clock = clock
         self._client_factory = client_factory or self._default_client
-        self.client = None  # built in start(), after the environment is final (tests start moto first)
+        # The boto3 EC2 client (untyped), built in start() once the environment is final (tests start moto first).
+        self.client: Any = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="ec2")
         self._instances: dict[str, Instance] = {}  # by instance id
         self._gone: list[FleetMember] = []  # reported GONE once by fleet(), then forgotten
-        self._reconciler: asyncio.Task | None = None
+        self._closed = False
         self.reconciled_at: float | None = None
         self.reconcile_error: str | None = None
         self.launched_total = 0
         self.terminated_total = 0
 
-    def _default_client(self):
+    def _default_client(self) -> Any:
         import boto3
         from botocore.config import Config
 
         config = Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=5, read_timeout=30)
         return boto3.session.Session().client("ec2", region_name=self.region, config=config)
 
-    async def _call(self, fn: Callable, /, **kwargs) -> Any:
+    async def _call(self, fn: Callable[..., T], /, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(fn, **kwargs))
 
@@ -138,49 +156,53 @@ class Ec2Launcher(Launcher):
     async def start(self) -> None:
         try:
             self.client = await asyncio.get_running_loop().run_in_executor(self._pool, self._client_factory)
-        except Exception as exc:  # noqa: BLE001 - e.g. NoRegionError: say what is missing, then fail
-            raise RuntimeError(f"cannot create the EC2 client: {type(exc).__name__}: {exc} "
-                               "(set --aws-region or AWS_REGION, and credentials)") from exc
+        except Exception as exc:
+            raise RuntimeError(
+                f"cannot create the EC2 client: {type(exc).__name__}: {exc} "
+                "(set --aws-region or AWS_REGION, and credentials)"
+            ) from exc
         await self.reconcile()  # adopt the fleet before the first scaling decision
-        self._reconciler = asyncio.create_task(self._reconcile_loop(), name="ec2-reconcile")
+
+    def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
+        return {"ec2-reconcile": self._reconcile_loop()}
 
     async def close(self) -> None:
-        if self._reconciler is not None:
-            self._reconciler.cancel()
-            await asyncio.gather(self._reconciler, return_exceptions=True)
-            self._reconciler = None
         # Instances keep running: they exit on their own when idle.
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _reconcile_loop(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self.reconcile_interval_s)
-            await self.reconcile()
+            if not self._closed:
+                await self.reconcile()
 
     # -- the truth -------------------------------------------------------------------------
-    def _filters(self) -> list[dict]:
+    def _filters(self) -> list[dict[str, Any]]:
         return [
             {"Name": f"tag:{TAG_CLUSTER}", "Values": [self.cluster]},
             {"Name": f"tag:{TAG_ROLE}", "Values": [ROLE_WORKER]},
             {"Name": "instance-state-name", "Values": list(LIVE_STATES)},
         ]
 
-    def _describe(self, instance_ids: list[str] | None = None) -> list[dict]:
+    def _describe(self, instance_ids: list[str] | None = None) -> list[dict[str, Any]]:
         kwargs: dict[str, Any] = {"Filters": self._filters()}
         if instance_ids:
             kwargs["InstanceIds"] = instance_ids
-        found = []
+        found: list[dict[str, Any]] = []
         for page in self.client.get_paginator("describe_instances").paginate(**kwargs):
             for reservation in page.get("Reservations", []):
                 found.extend(reservation.get("Instances", []))
         return found
 
-    def _from_cloud(self, raw: dict, now: float) -> Instance | None:
+    def _from_cloud(self, raw: dict[str, Any], now: float) -> Instance | None:
         tags = {t["Key"]: t["Value"] for t in raw.get("Tags", [])}
         if tags.get(TAG_CLUSTER) != self.cluster or tags.get(TAG_ROLE) != ROLE_WORKER:
             return None
         launch_time = raw.get("LaunchTime")
-        launched_at = launch_time.timestamp() if hasattr(launch_time, "timestamp") else now
+        launched_at = (
+            float(launch_time.timestamp()) if launch_time is not None and hasattr(launch_time, "timestamp") else now
+        )
         return Instance(
             instance_id=raw["InstanceId"],
             worker_id=tags.get(TAG_WORKER_ID) or raw["InstanceId"],
@@ -216,8 +238,13 @@ class Ec2Launcher(Launcher):
                 self._gone.append(dataclasses.replace(known.member(), state=MemberState.GONE))
         new = [i for i in listed.values() if i.instance_id not in self._instances]
         for inst in new:
-            log.info("adopted %s instance %s (worker %s, %s)", "own" if inst.owned else "foreign",
-                     inst.instance_id, inst.worker_id, inst.state)
+            log.info(
+                "adopted %s instance %s (worker %s, %s)",
+                "own" if inst.owned else "foreign",
+                inst.instance_id,
+                inst.worker_id,
+                inst.state,
+            )
         self._instances = listed
         self.reconciled_at = now
         self.reconcile_error = None
@@ -235,7 +262,7 @@ class Ec2Launcher(Launcher):
         return members
 
     # -- launching -------------------------------------------------------------------------
-    def _run_one(self, spec: WorkerSpec) -> dict:
+    def _run_one(self, spec: WorkerSpec) -> dict[str, Any]:
         tags = [
             {"Key": TAG_CLUSTER, "Value": self.cluster},
             {"Key": TAG_ROLE, "Value": ROLE_WORKER},
@@ -245,28 +272,36 @@ class Ec2Launcher(Launcher):
         ]
         answer = self.client.run_instances(
             LaunchTemplate={"LaunchTemplateName": self.template},
-            MinCount=1, MaxCount=1,
+            MinCount=1,
+            MaxCount=1,
             UserData=user_data(spec),
-            TagSpecifications=[{"ResourceType": "instance", "Tags": tags},
-                               {"ResourceType": "volume", "Tags": tags}],
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
         )
-        return answer["Instances"][0]
+        instance: dict[str, Any] = answer["Instances"][0]
+        return instance
 
     async def launch(self, specs: list[WorkerSpec]) -> list[str]:
         """One RunInstances per worker (each has its own user-data), all at once."""
         if self.reconciled_at is None:
             # Until the cloud has told us what runs, a launch could duplicate a fleet we own.
             raise LaunchError(f"fleet not reconciled yet: {self.reconcile_error}")
-        results = await asyncio.gather(*(self._call(self._run_one, spec=spec) for spec in specs),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._call(self._run_one, spec=spec) for spec in specs), return_exceptions=True
+        )
         started, errors = [], []
         now = self.clock()
-        for spec, result in zip(specs, results):
+        for spec, result in zip(specs, results, strict=True):
             if isinstance(result, BaseException):
                 errors.append(_error(result, "RunInstances"))
                 continue
-            inst = Instance(result["InstanceId"], spec.worker_id, result.get("State", {}).get("Name", "pending"),
-                            now, owned=True, listed_at=0.0)
+            inst = Instance(
+                result["InstanceId"],
+                spec.worker_id,
+                result.get("State", {}).get("Name", "pending"),
+                now,
+                owned=True,
+                listed_at=0.0,
+            )
             self._instances[inst.instance_id] = inst
             started.append(spec.worker_id)
             log.info("launched instance %s for worker %s", inst.instance_id, spec.worker_id)
@@ -274,27 +309,34 @@ class Ec2Launcher(Launcher):
         if errors:
             first = errors[0]
             message = f"{len(errors)} of {len(specs)} launch(es) failed; first: {first}"
-            raise PartialLaunch(message, started, retryable=all(e.retryable for e in errors))
+            raise LaunchError(message, started=started, retryable=all(e.retryable for e in errors))
         return started
 
     async def terminate(self, worker_ids: list[str]) -> None:
         """Terminate owned workers; ids of foreign or unknown instances are ignored."""
         wanted = set(worker_ids)
-        targets = [i for i in self._instances.values()
-                   if i.worker_id in wanted and i.owned and i.state != "shutting-down"]
+        targets = [
+            i for i in self._instances.values() if i.worker_id in wanted and i.owned and i.state != "shutting-down"
+        ]
         if not targets:
             return
         try:
             # Ask the cloud again, by id and by tag, right before terminating: only instances that
             # are this cluster's workers now are ever terminated, whatever the cached view says.
             confirmed = await self._call(self._describe, instance_ids=[i.instance_id for i in targets])
-            ids = [raw["InstanceId"] for raw in confirmed
-                   if (inst := self._from_cloud(raw, 0.0)) is not None and inst.owned]
+            ids = [
+                raw["InstanceId"]
+                for raw in confirmed
+                if (inst := self._from_cloud(raw, 0.0)) is not None and inst.owned
+            ]
             if ids:
                 await self._call(self.client.terminate_instances, InstanceIds=ids)
         except Exception as exc:  # noqa: BLE001 - retried at the next reap or reconciliation
-            log.warning("terminating %s failed: %s", ", ".join(i.instance_id for i in targets),
-                        _error(exc, "TerminateInstances"))
+            log.warning(
+                "terminating %s failed: %s",
+                ", ".join(i.instance_id for i in targets),
+                _error(exc, "TerminateInstances"),
+            )
             return
         for inst in targets:
             if inst.instance_id in ids:
@@ -302,7 +344,7 @@ class Ec2Launcher(Launcher):
         self.terminated_total += len(ids)
         log.info("terminated instance(s) %s", ", ".join(ids))
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         owned = [i for i in self._instances.values() if i.owned and i.state in _STATE]
         foreign = [i for i in self._instances.values() if not i.owned and i.state in _STATE]
         return {

@@ -4,6 +4,7 @@ It never terminates a worker that reports: workers leave on their own when idle.
 only workers that never reported within the boot timeout and workers whose reports stopped, and
 requeues whatever those held.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -11,17 +12,18 @@ import dataclasses
 import logging
 import secrets
 import time
+from typing import Any
 
-from server import policy
-from server.guard import LaunchGuard
-from server.launcher import Launcher, LaunchError, MemberState, WorkerSpec
+from common.stats import smoothed
+from server.config import ServerSettings
+from server.launchers.base import FleetMember, Launcher, LaunchError, MemberState, WorkerSpec
 from server.loans import Loans
+from server.registry import Registry
+from server.scaling import policy
+from server.scaling.guard import LaunchGuard
 from server.scheduler import Scheduler
-from server.workers import Registry
 
 log = logging.getLogger(__name__)
-
-BOOT_EWMA = 0.3
 
 
 @dataclasses.dataclass
@@ -33,8 +35,18 @@ class FleetView:
 
 
 class Autoscaler:
-    def __init__(self, *, settings, scheduler: Scheduler, registry: Registry, launcher: Launcher,
-                 guard: LaunchGuard, loans: Loans, servers: tuple[str, ...], token: str) -> None:
+    def __init__(
+        self,
+        *,
+        settings: ServerSettings,
+        scheduler: Scheduler,
+        registry: Registry,
+        launcher: Launcher,
+        guard: LaunchGuard,
+        loans: Loans,
+        servers: tuple[str, ...],
+        token: str,
+    ) -> None:
         self.settings = settings
         self.scheduler = scheduler
         self.registry = registry
@@ -53,7 +65,7 @@ class Autoscaler:
         self.view = FleetView()
         self.wanted = 0
         self.stopping = False
-        self._launch_tasks: set[asyncio.Task] = set()
+        self._launch_tasks: set[asyncio.Task[None]] = set()
         self._seq = 0
 
     # -- the loop --------------------------------------------------------------------------
@@ -100,8 +112,9 @@ class Autoscaler:
     def _spec(self) -> WorkerSpec:
         self._seq += 1
         worker_id = f"{self.settings.server_name}-w{self._seq}-{secrets.token_hex(3)}"
-        return WorkerSpec(worker_id, self.servers, self.token, self.settings.worker_threads,
-                          self.settings.worker_idle_s)
+        return WorkerSpec(
+            worker_id, self.servers, self.token, self.settings.worker_threads, self.settings.worker_idle_s
+        )
 
     def _start_launch(self, count: int, now: float) -> None:
         specs = [self._spec() for _ in range(count)]
@@ -117,8 +130,8 @@ class Autoscaler:
         except LaunchError as exc:
             self.guard.failed(exc, time.time())
             log.warning("launching %d worker(s) failed: %s", len(specs), exc)
-            started = list(getattr(exc, "started", []))  # a partial launch still started some
-        except Exception as exc:  # noqa: BLE001 - a launcher bug must not kill scaling silently
+            started = exc.started  # a partial launch still started some
+        except Exception as exc:
             log.exception("launcher raised unexpectedly")
             self.guard.failed(LaunchError(str(exc), retryable=True), time.time())
             started = []
@@ -133,7 +146,7 @@ class Autoscaler:
             self.adopted.discard(worker_id)  # a reconciliation may have listed it mid-launch
 
     # -- boots and reaping -----------------------------------------------------------------
-    async def _track_boots(self, fleet: dict, now: float) -> None:
+    async def _track_boots(self, fleet: dict[str, FleetMember], now: float) -> None:
         for worker_id, member in fleet.items():
             if member.state is MemberState.GONE:
                 self.booted.discard(worker_id)
@@ -141,14 +154,18 @@ class Autoscaler:
                 continue
             # Adopted at start-up (launched by an earlier run of this server): the boot timeout
             # counts from its launch, but a worker that already runs gets worker_dead_s to report.
-            if (member.owned and worker_id not in self.booted
-                    and worker_id not in self.unbooted and worker_id not in self.registry.workers):
+            if (
+                member.owned
+                and worker_id not in self.booted
+                and worker_id not in self.unbooted
+                and worker_id not in self.registry.workers
+            ):
                 grace_from = now - self.boot_timeout_s + self.settings.worker_dead_s
                 self.unbooted[worker_id] = max(member.launched_at, grace_from)
                 self.adopted.add(worker_id)
         for worker_id, launched_at in list(self.unbooted.items()):
             info = self.registry.workers.get(worker_id)
-            member = fleet.get(worker_id)
+            found = fleet.get(worker_id)
             if info is not None:
                 del self.unbooted[worker_id]
                 self.booted.add(worker_id)
@@ -157,16 +174,17 @@ class Autoscaler:
                     self.adopted.discard(worker_id)
                     continue
                 took = max(0.0, info.first_seen - launched_at)
-                self.boot_s = took if self.boot_s is None else (1 - BOOT_EWMA) * self.boot_s + BOOT_EWMA * took
-            elif member is not None and member.state is MemberState.GONE:
+                self.boot_s = smoothed(self.boot_s, took, policy.BOOT_SMOOTHING)
+            elif found is not None and found.state is MemberState.GONE:
                 del self.unbooted[worker_id]
                 self.guard.boot_failed(now)
                 log.warning("worker %s exited before it ever reported", worker_id)
             elif now - launched_at > self.boot_timeout_s:
                 del self.unbooted[worker_id]
                 self.guard.boot_failed(now)
-                log.warning("worker %s did not report within %.0fs of launch; terminating it",
-                            worker_id, self.boot_timeout_s)
+                log.warning(
+                    "worker %s did not report within %.0fs of launch; terminating it", worker_id, self.boot_timeout_s
+                )
                 await self.launcher.terminate([worker_id])
 
     async def _reap_silent(self) -> None:
@@ -174,8 +192,12 @@ class Autoscaler:
         for info in self.registry.silent_for(self.settings.worker_dead_s):
             held = self.scheduler.held_by(info.worker_id)
             if held:
-                log.warning("worker %s silent for %.0fs; requeueing its %d job(s)",
-                            info.worker_id, self.settings.worker_dead_s, len(held))
+                log.warning(
+                    "worker %s silent for %.0fs; requeueing its %d job(s)",
+                    info.worker_id,
+                    self.settings.worker_dead_s,
+                    len(held),
+                )
                 await self.scheduler.expire(worker=info.worker_id)
             self.registry.forget(info.worker_id)
             await self.launcher.terminate([info.worker_id])
@@ -186,7 +208,11 @@ class Autoscaler:
         if self._launch_tasks:
             await asyncio.gather(*self._launch_tasks, return_exceptions=True)
 
-    def status(self) -> dict:
+    def fleet_size(self) -> int:
+        """Workers of this server that report or are on their way."""
+        return self.view.live + self.view.starting
+
+    def status(self) -> dict[str, Any]:
         return {
             "live": self.view.live,
             "starting": self.view.starting,

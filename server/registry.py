@@ -1,10 +1,11 @@
 """What the server knows of workers: who reported when, how fast they are, whether busy."""
+
 from __future__ import annotations
 
 import dataclasses
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 @dataclasses.dataclass
@@ -16,23 +17,30 @@ class WorkerInfo:
     busy: bool = False
 
 
+#: no worker hashes anywhere near this many cost units per second; larger claims are ignored
+MAX_RATE = 1e12
+
+
 class Registry:
     def __init__(self, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
         self.workers: dict[str, WorkerInfo] = {}
 
-    def touch(self, worker_id: str, stats: dict | None = None) -> WorkerInfo:
+    def touch(self, worker_id: str, stats: object = None) -> WorkerInfo:
+        """Note that the worker reported now, with what it says of itself (checked: a rate must be
+        a finite positive number below MAX_RATE, busy a boolean; anything else is ignored)."""
         now = self.clock()
         info = self.workers.get(worker_id)
         if info is None:
             info = self.workers[worker_id] = WorkerInfo(worker_id, now, now)
         info.last_seen = now
-        if stats:
+        if isinstance(stats, dict):
             rate = stats.get("rate")
-            if isinstance(rate, (int, float)) and rate > 0:
+            if isinstance(rate, int | float) and not isinstance(rate, bool) and 0 < rate < MAX_RATE:
                 info.rate = float(rate)
-            if isinstance(stats.get("busy"), bool):
-                info.busy = stats["busy"]
+            busy = stats.get("busy")
+            if isinstance(busy, bool):
+                info.busy = busy
         return info
 
     def seen_within(self, seconds: float) -> list[WorkerInfo]:

@@ -4,19 +4,26 @@ The autoscaler decides how many workers it wants; a Launcher only starts and sto
 says what exists. A worker is known to the server by the id it was launched with: the worker
 passes it on every internal call, so the server can match heartbeats to launches.
 """
+
 from __future__ import annotations
 
 import abc
 import dataclasses
 import enum
+from collections.abc import Coroutine, Sequence
+from typing import Any
 
 
 class LaunchError(Exception):
-    """Starting a worker failed; `retryable` says whether backing off and trying again can help."""
+    """Starting workers failed; `retryable` says whether backing off and trying again can help.
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    A launch of several workers can fail part way: `started` lists the ids that did start
+    before the failure (they run and must be counted), empty when none did."""
+
+    def __init__(self, message: str, *, retryable: bool = True, started: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.started = list(started)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,12 +58,18 @@ class Launcher(abc.ABC):
     #: seconds a launched worker may take to report before it is considered failed
     default_boot_timeout_s: float = 30.0
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - an optional hook, not every launcher needs it
         """Prepare (open clients, adopt what already runs). Called once before anything else."""
+
+    def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
+        """Background loops the launcher needs (name -> coroutine), run and supervised by the node."""
+        return {}
 
     @abc.abstractmethod
     async def launch(self, specs: list[WorkerSpec]) -> list[str]:
-        """Start one worker per spec; return the ids actually started. Raises LaunchError."""
+        """Start one worker per spec; return the ids started (all of them).
+
+        Raises LaunchError when any failed, with `started` naming those that started anyway."""
 
     @abc.abstractmethod
     async def terminate(self, worker_ids: list[str]) -> None:
@@ -66,9 +79,9 @@ class Launcher(abc.ABC):
     async def fleet(self) -> dict[str, FleetMember]:
         """The workers that exist or recently existed, by id: the truth about the fleet."""
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, Any]:
         """Launcher-specific facts for GET /status (errors, back-off)."""
         return {"kind": self.name}
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - an optional hook, not every launcher needs it
         """Release resources; running workers keep running unless the launcher owns their lifetime."""

@@ -1,4 +1,4 @@
-"""`python -m server.benchmark`: the whole system's throughput and latency, with a same-run baseline.
+"""`python -m client.benchmark`: the whole system's throughput and latency, with a same-run baseline.
 
 It starts its own two servers (one warm local worker each) on free loopback ports with a
 throw-away state dir, so it never disturbs a cluster started by `make up`. The baseline is a
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from server import loadgen
+from client import loadgen
 
 
 def free_port() -> int:
@@ -135,7 +135,7 @@ class Cluster:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m server.benchmark", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m client.benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs in the throughput run (default 20000)")
     parser.add_argument("--latency-jobs", type=int, default=300, help="jobs in the latency run (default 300)")
     parser.add_argument("--body-bytes", type=int, default=64)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
 
     body = os.urandom(args.body_bytes)
     null_port = free_port()
-    null = subprocess.Popen([sys.executable, "-m", "server.benchmark", "--null-server", str(null_port)])
+    null = subprocess.Popen([sys.executable, "-m", "client.benchmark", "--null-server", str(null_port)])
     try:
         wait_until(lambda: _listening(null_port), 30, "the baseline server")
         ceiling = asyncio.run(http_ceiling(f"http://127.0.0.1:{null_port}", args.jobs,

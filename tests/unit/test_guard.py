@@ -6,8 +6,8 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.guard import LaunchGuard
-from server.launcher import LaunchError
+from server.scaling.guard import LaunchGuard
+from server.launchers.base import LaunchError
 
 
 def make(**kw) -> LaunchGuard:

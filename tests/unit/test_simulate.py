@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from server import simulate
-from server.simulate import CloudParams, burst, bursty, compare
+from server.scaling import simulate
+from server.scaling.simulate import CloudParams, burst, bursty, compare
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -6,7 +6,8 @@ import dataclasses
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.policy import Observation, PolicyParams, job_cost, left_when_booted, to_launch, workers_wanted
+from common.cost import job_cost
+from server.scaling.policy import Observation, PolicyParams, left_when_booted, to_launch, workers_wanted
 
 RATE = 5e6
 PARAMS = PolicyParams(scale_up_wait_s=2.0, target_drain_s=30.0)

@@ -1,0 +1,274 @@
+"""The one HTTP client layer of dynwork: peer client, worker client, CLI and load generator.
+
+Every answer is sorted into one outcome, and one retry policy follows from it:
+
+====================================  ===============  ===========================================
+what happened                         raised           retried / failed over?
+====================================  ===============  ===========================================
+2xx                                   (returned)       -
+404                                   ``NotFound``     never: the answer
+401, 403                              ``Unauthorized`` never: fatal, the credentials are wrong
+other 4xx but 408 and 429             ``Refused``      never: the request itself is wrong
+429, 503                              ``Unavailable``  yes, ``not_done=True``: the server refused
+                                                       before doing anything (honours Retry-After)
+408, other 5xx                        ``Unavailable``  only an idempotent call: it may have run
+no connection could be made           ``Unavailable``  yes, ``not_done=True``: nothing was sent
+timeout, reset, unreadable answer     ``Unavailable``  only an idempotent call: it may have run
+====================================  ===============  ===========================================
+
+A call that is not idempotent (enqueue, pullCompleted, lease) is therefore repeated, on the same
+server or another one, only when the failure proves the server did nothing; after a lost answer
+the caller is told so instead of risking doing it twice (saq's rule). Retries back off
+exponentially with full jitter, never sooner than a Retry-After the server asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import aiohttp
+from yarl import URL
+
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+RETRY_AFTER_MAX_S = 30.0
+NOT_DONE_STATUSES = frozenset({429, 503})
+
+
+class HttpError(Exception):
+    """A call that did not get a 2xx answer; `url` says which server, `status` what it answered."""
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+
+
+class Refused(HttpError):
+    """The server answered 4xx: the request itself is wrong, repeating it cannot help."""
+
+
+class NotFound(Refused):
+    """404: no such work id or path."""
+
+
+class Unauthorized(Refused):
+    """401/403: the credentials are missing or wrong (a configuration error, not a transient one)."""
+
+
+class Unavailable(HttpError):
+    """No usable answer: down, overloaded, timing out, 5xx or garbage. `not_done` is True when the
+    failure proves the server did nothing (no connection, or 429/503), so any call may be repeated."""
+
+    def __init__(self, message: str, *, url: str = "", status: int | None = None, not_done: bool = False,
+                 retry_after_s: float | None = None) -> None:
+        super().__init__(message, url=url, status=status)
+        self.not_done = not_done
+        self.retry_after_s = retry_after_s
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: Mapping[str, str]  # look names up in lower case
+    body: bytes
+    url: str = ""
+
+    def json(self) -> Any:
+        """The body as strict JSON (no NaN/Infinity); a body that is not raises Unavailable."""
+        try:
+            return json.loads(self.body, parse_constant=_refuse_constant)
+        except (ValueError, UnicodeDecodeError):
+            raise Unavailable(f"{self.url}: HTTP {self.status} answer is not JSON", url=self.url,
+                              status=self.status) from None
+
+    def json_object(self) -> dict[str, Any]:
+        value = self.json()
+        if not isinstance(value, dict):
+            raise Unavailable(f"{self.url}: answer is not a JSON object", url=self.url, status=self.status)
+        return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def error_message(body: bytes) -> str:
+    """The `error` of a JSON error body, else the start of the body as text."""
+    try:
+        value = json.loads(body)
+        if isinstance(value, dict) and "error" in value:
+            return str(value["error"])
+    except (ValueError, UnicodeDecodeError):
+        pass
+    return body[:200].decode("utf-8", "replace").strip() or "(empty body)"
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds form), capped; None when absent or odd."""
+    raw = headers.get("retry-after")
+    try:
+        return min(max(float(raw), 0.0), RETRY_AFTER_MAX_S) if raw else None
+    except ValueError:
+        return None
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A short human reason for a failed transport."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return describe_exception(exc.os_error) if exc.os_error else f"cannot connect ({exc})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | ConnectionResetError):
+        return "server disconnected"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def check(answer: Answer, what: str, *, idempotent: bool) -> Answer:
+    """The answer when it is 2xx; otherwise the exception the table above names."""
+    status = answer.status
+    if 200 <= status < 300:
+        return answer
+    message = f"{what}: HTTP {status}: {error_message(answer.body)}"
+    if status == 404:
+        raise NotFound(message, url=answer.url, status=status)
+    if status in (401, 403):
+        raise Unauthorized(message, url=answer.url, status=status)
+    if 400 <= status < 500 and status not in (408, 429):
+        raise Refused(message, url=answer.url, status=status)
+    not_done = status in NOT_DONE_STATUSES
+    raise Unavailable(message, url=answer.url, status=status, not_done=not_done,
+                      retry_after_s=retry_after(answer.headers) if not_done else None)
+
+
+def may_repeat(exc: Unavailable, *, idempotent: bool) -> bool:
+    return idempotent or exc.not_done
+
+
+def backoff_s(attempt: int, exc: Unavailable | None = None, *, rng: Any = random) -> float:
+    """Exponential back-off with full jitter for retry number `attempt` (0 first), never below a
+    Retry-After the server asked for."""
+    cap = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** min(attempt, 16))
+    delay: float = rng.uniform(BACKOFF_MIN_S / 2, cap)
+    if exc is not None and exc.retry_after_s is not None:
+        delay = max(delay, exc.retry_after_s)
+    return delay
+
+
+class Transport(Protocol):
+    """Sends one request and returns whatever status came back. Raises Unavailable only: with
+    not_done=True when no connection could be made, else (timeout, reset) not_done=False."""
+
+    async def send(self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str],
+                   timeout_s: float) -> Answer: ...
+
+    async def close(self) -> None: ...
+
+
+class AiohttpTransport:
+    """A Transport over one aiohttp ClientSession: keep-alive, pooled connections."""
+
+    def __init__(self, session: aiohttp.ClientSession | None = None, *, connections: int = 100,
+                 keepalive_s: float = 15.0) -> None:
+        self._own = session is None
+        self.session = session or aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections, keepalive_timeout=keepalive_s),
+            auto_decompress=False)
+
+    async def send(self, method: str, url: str, *, body: bytes | None, headers: Mapping[str, str],
+                   timeout_s: float) -> Answer:
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        try:
+            async with self.session.request(method, URL(url, encoded=True), data=body, headers=dict(headers),
+                                            timeout=timeout) as resp:
+                data = await resp.read()
+                return Answer(resp.status, {k.lower(): v for k, v in resp.headers.items()}, data, url)
+        except aiohttp.ClientConnectorError as exc:
+            raise Unavailable(f"{url}: {describe_exception(exc)}", url=url, not_done=True) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise Unavailable(f"{url}: {describe_exception(exc)}", url=url) from None
+
+    async def close(self) -> None:
+        if self._own:
+            await self.session.close()
+
+
+class HttpClient:
+    """Calls to one server: base URL, default headers and timeout, the retry policy above."""
+
+    def __init__(self, base_url: str, transport: Transport, *, headers: Mapping[str, str] | None = None,
+                 timeout_s: float = 20.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.transport = transport
+        self.headers = dict(headers or {})
+        self.timeout_s = timeout_s
+
+    async def call(self, method: str, path: str, *, body: bytes | None = None, json_body: Any = None,
+                   headers: Mapping[str, str] | None = None, timeout_s: float | None = None,
+                   idempotent: bool | None = None, retries: int = 0) -> Answer:
+        """The 2xx answer to one request; errors as in the module docstring. `retries` extra
+        attempts are made only where the policy allows (idempotent, or proven not done)."""
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD")
+        all_headers = {**self.headers, **(headers or {})}
+        if json_body is not None:
+            body = json.dumps(json_body, separators=(",", ":"), allow_nan=False).encode()
+            all_headers.setdefault("Content-Type", "application/json")
+        what = f"{self.base_url} {method} {path.split('?')[0]}"
+        attempt = 0
+        while True:
+            try:
+                answer = await self.transport.send(method, self.base_url + path, body=body, headers=all_headers,
+                                                   timeout_s=timeout_s or self.timeout_s)
+                return check(answer, what, idempotent=idempotent)
+            except Unavailable as exc:
+                if attempt >= retries or not may_repeat(exc, idempotent=idempotent):
+                    raise
+                await asyncio.sleep(backoff_s(attempt, exc))
+                attempt += 1
+
+
+class Failover:
+    """Servers in order of preference. A call goes to one and moves on to the next only where the
+    retry policy allows; when every server was tried, `rounds` more passes follow after a back-off."""
+
+    def __init__(self, clients: Sequence[HttpClient]) -> None:
+        if not clients:
+            raise ValueError("Failover needs at least one server")
+        self.clients = list(clients)
+
+    async def call(self, method: str, path: str, *, first: int = 0, rounds: int = 0, body: bytes | None = None,
+                   json_body: Any = None, timeout_s: float | None = None,
+                   idempotent: bool | None = None) -> tuple[int, Answer]:
+        """(index of the server that answered, its 2xx answer). Raises the last server's error:
+        Refused at once, Unavailable when nobody could answer (or a lost answer must not be repeated)."""
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD")
+        failures: list[str] = []
+        n = len(self.clients)
+        for round_ in range(rounds + 1):
+            last: Unavailable | None = None
+            for k in range(n):
+                index = (first + k) % n
+                try:
+                    answer = await self.clients[index].call(method, path, body=body, json_body=json_body,
+                                                            timeout_s=timeout_s, idempotent=idempotent)
+                    return index, answer
+                except Unavailable as exc:
+                    failures.append(str(exc))
+                    last = exc
+                    if not may_repeat(exc, idempotent=idempotent):
+                        raise Unavailable(f"{exc}; no answer came back, so it may or may not have been applied",
+                                          url=exc.url, status=exc.status) from None
+            if round_ < rounds:
+                await asyncio.sleep(backoff_s(round_, last))
+        raise Unavailable("no server could answer: " + "; ".join(failures[-n:]), not_done=True)

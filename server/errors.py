@@ -1,0 +1,36 @@
+"""Errors the service raises for its callers, each with the HTTP status the API answers with."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """A request the service will not carry out; answered as JSON `{"error": message}`."""
+
+    status = 400
+
+    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after_s = retry_after_s
+
+
+class BadRequest(ServiceError):
+    status = 400
+
+
+class Unauthenticated(ServiceError):
+    status = 401
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class TooLarge(ServiceError):
+    status = 413
+
+
+class Unavailable(ServiceError):
+    """Not now: queue full, stopping, storage or the owning peer unreachable (with Retry-After)."""
+
+    status = 503

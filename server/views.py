@@ -1,0 +1,77 @@
+"""What the API shows of a job, and the checks applied to the same shapes coming from the peer."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from common.ids import WorkId
+from server.jobs import JobRecord, State
+
+STATUS_LABELS = frozenset(state.label for state in State)
+
+
+def finished_item(server: str, record: JobRecord) -> dict[str, Any]:
+    """A finished job as pullCompleted hands it out."""
+    item: dict[str, Any] = {
+        "work_id": str(record.work_id(server)),
+        "result": record.result.hex() if record.result else None,
+        "iterations": record.iterations,
+        "completed_at": record.completed_at,
+    }
+    if record.error is not None:
+        item["error"] = record.error
+    return item
+
+
+def work_status(server: str, record: JobRecord) -> dict[str, Any]:
+    """A job as GET /work/{id} shows it."""
+    return {
+        "work_id": str(record.work_id(server)),
+        "status": record.state.label,
+        "iterations": record.iterations,
+        "enqueued_at": record.enqueued_at,
+        "completed_at": record.completed_at,
+        "result": record.result.hex() if record.result else None,
+        "error": record.error,
+        "attempts": record.attempts,
+    }
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_digest(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 128 and all(c in "0123456789abcdef" for c in value)
+
+
+def check_finished_item(value: object, owner: str | None) -> dict[str, Any]:
+    """A pullCompleted item from the peer, checked field by field; ValueError when it is not one."""
+    if not isinstance(value, dict):
+        raise ValueError("item is not an object")
+    raw_id = value.get("work_id")
+    work_id = WorkId.parse(raw_id) if isinstance(raw_id, str) else None
+    if work_id is None or (owner is not None and work_id.server != owner):
+        raise ValueError("item has no work id of the peer's")
+    result, error = value.get("result"), value.get("error")
+    if not (_is_digest(result) or (result is None and isinstance(error, str))):
+        raise ValueError("item has neither a digest nor an error")
+    if not isinstance(value.get("iterations"), int) or not _is_number(value.get("completed_at")):
+        raise ValueError("item lacks iterations or completed_at")
+    item = {k: value[k] for k in ("work_id", "result", "iterations", "completed_at")}
+    if error is not None:
+        item["error"] = str(error)
+    return item
+
+
+def check_work_status(value: object, work_id: str) -> dict[str, Any]:
+    """A /work answer from the peer for `work_id`, checked; ValueError when it is not one."""
+    if not isinstance(value, dict) or value.get("work_id") != work_id:
+        raise ValueError("answer is not the status of the job asked for")
+    if value.get("status") not in STATUS_LABELS:
+        raise ValueError("answer has no known status")
+    result = value.get("result")
+    if result is not None and not _is_digest(result):
+        raise ValueError("answer has a malformed result")
+    return value

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv up down test bench sanitize clean
+.PHONY: venv up down test lint unit bench sanitize clean
 
 $(STAMP): pyproject.toml setup.py native/build.py $(wildcard native/*.c native/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,18 @@ up: venv
 down:
 	@if [ -x $(VENV)/bin/ansible-playbook ]; then $(VENV)/bin/ansible-playbook playbooks/teardown.yml; fi
 
-test: venv
+test: lint
 	$(PY) -m pytest
+
+# Static checks, part of `make test`: ruff (lint + format) everywhere, mypy --strict on the packages.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# The fast tier alone (no subprocesses): seconds.
+unit: venv
+	$(PY) -m pytest -m "not slow"
 
 bench: venv
 	$(PY) -m client.bench_native

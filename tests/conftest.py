@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster import Cluster
+
 UNIT_DIR = Path(__file__).parent / "unit"
 
 
@@ -14,8 +16,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if UNIT_DIR not in Path(item.path).parents:
             item.add_marker(pytest.mark.slow)
-
-from tests.cluster import Cluster
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ back what exists with boto3: two servers, IMDSv2 everywhere, a worker launch tem
 terminates on shutdown and uses the baked image, no world-open or worker ingress, a
 least-privilege server policy. A second run changes nothing; teardown leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,19 +47,29 @@ def moto_url():
 @pytest.fixture(scope="module")
 def aws(moto_url):
     """boto3 clients for the moto server (created only after it started)."""
+
     def client(service: str):
-        return boto3.client(service, endpoint_url=moto_url, region_name="us-east-1",
-                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        return boto3.client(
+            service,
+            endpoint_url=moto_url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
     return {name: client(name) for name in ("ec2", "iam")}
 
 
 def run_playbook(moto_url: str, *args: str, tool: Path = ANSIBLE_PLAYBOOK) -> subprocess.CompletedProcess:
     """ansible-playbook with exactly the environment the issue names, and nothing of ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DYNWORK_", "ANSIBLE_"))}
-    env.update(AWS_ENDPOINT_URL=moto_url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-               AWS_DEFAULT_REGION="us-east-1")
-    return subprocess.run([str(tool), *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=RUN_TIMEOUT_S)
+    env.update(
+        AWS_ENDPOINT_URL=moto_url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    return subprocess.run([str(tool), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
 
 
 def deploy(moto_url: str, *extra: str) -> subprocess.CompletedProcess:
@@ -72,14 +83,19 @@ def recap_changed(stdout: str) -> dict[str, int]:
 
 
 def explain(result: subprocess.CompletedProcess) -> str:
-    return f"rc={result.returncode}\n--- stdout (tail)\n{result.stdout[-6000:]}\n--- stderr (tail)\n{result.stderr[-3000:]}"
+    return (
+        f"rc={result.returncode}\n--- stdout (tail)\n{result.stdout[-6000:]}\n"
+        f"--- stderr (tail)\n{result.stderr[-3000:]}"
+    )
 
 
 def cluster_instances(ec2) -> list[dict]:
-    pages = ec2.describe_instances(Filters=[
-        {"Name": "tag:dynwork:cluster", "Values": [CLUSTER]},
-        {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
-    ])["Reservations"]
+    pages = ec2.describe_instances(
+        Filters=[
+            {"Name": "tag:dynwork:cluster", "Values": [CLUSTER]},
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+        ]
+    )["Reservations"]
     return [inst for r in pages for inst in r["Instances"]]
 
 
@@ -89,20 +105,29 @@ def tags(resource: dict) -> dict[str, str]:
 
 # -- refused inputs: nothing is created ------------------------------------------------------
 
-@pytest.mark.parametrize("extra, message", [
-    ((), "needs -e client_cidr"),
-    (("-e", "client_cidr=0.0.0.0/0", "-e", f"admin_cidr={ADMIN_CIDR}"), "allow_world=true"),
-    (("-e", f"client_cidr={CLIENT_CIDR}", "-e", "admin_cidr=198.51.100.0"), "not an IPv4 CIDR block"),
-])
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ((), "needs -e client_cidr"),
+        (("-e", "client_cidr=0.0.0.0/0", "-e", f"admin_cidr={ADMIN_CIDR}"), "allow_world=true"),
+        (("-e", f"client_cidr={CLIENT_CIDR}", "-e", "admin_cidr=198.51.100.0"), "not an IPv4 CIDR block"),
+    ],
+)
 def test_bad_or_missing_cidrs_fail_before_anything_is_created(moto_url, aws, extra, message):
     result = deploy(moto_url, *extra)
     assert result.returncode != 0, explain(result)
     assert message in result.stdout, explain(result)
-    assert aws["ec2"].describe_security_groups(Filters=[{"Name": "tag:dynwork:cluster", "Values": [CLUSTER]}])[
-        "SecurityGroups"] == []
+    assert (
+        aws["ec2"].describe_security_groups(Filters=[{"Name": "tag:dynwork:cluster", "Values": [CLUSTER]}])[
+            "SecurityGroups"
+        ]
+        == []
+    )
 
 
 # -- the deployment ------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def deployed(moto_url):
@@ -125,10 +150,12 @@ def test_two_servers_with_imdsv2_and_the_instance_profile(deployed, aws):
 def test_launch_template_uses_the_baked_image_imdsv2_and_terminates_on_shutdown(deployed, aws):
     ec2 = aws["ec2"]
     (image,) = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [f"{CLUSTER}-worker-v1"]}])[
-        "Images"]
+        "Images"
+    ]
     assert tags(image)["dynwork:cluster"] == CLUSTER
     version = ec2.describe_launch_template_versions(LaunchTemplateName=f"{CLUSTER}-worker", Versions=["$Default"])[
-        "LaunchTemplateVersions"][0]
+        "LaunchTemplateVersions"
+    ][0]
     data = version["LaunchTemplateData"]
     assert data["ImageId"] == image["ImageId"]
     assert data["MetadataOptions"]["HttpTokens"] == "required"
@@ -141,7 +168,8 @@ def test_launch_template_uses_the_baked_image_imdsv2_and_terminates_on_shutdown(
 
 def test_security_groups_no_world_ingress_and_nothing_into_workers(deployed, aws):
     groups = aws["ec2"].describe_security_groups(Filters=[{"Name": "tag:dynwork:cluster", "Values": [CLUSTER]}])[
-        "SecurityGroups"]
+        "SecurityGroups"
+    ]
     by_role = {tags(g)["dynwork:role"]: g for g in groups}
     assert set(by_role) == {"server", "worker"}
     for group in groups:
@@ -150,11 +178,17 @@ def test_security_groups_no_world_ingress_and_nothing_into_workers(deployed, aws
             assert all(r["CidrIpv6"] != "::/0" for r in perm.get("Ipv6Ranges", [])), group["GroupName"]
     assert by_role["worker"]["IpPermissions"] == []
     server, worker = by_role["server"], by_role["worker"]
-    rules = {(p["FromPort"], p["ToPort"], src)
-             for p in server["IpPermissions"]
-             for src in [r["CidrIp"] for r in p.get("IpRanges", [])] + [g["GroupId"] for g in p.get("UserIdGroupPairs", [])]}
-    assert rules == {(22, 22, ADMIN_CIDR), (8001, 8001, CLIENT_CIDR),
-                     (8001, 8001, server["GroupId"]), (8001, 8001, worker["GroupId"])}
+    rules = {
+        (p["FromPort"], p["ToPort"], src)
+        for p in server["IpPermissions"]
+        for src in [r["CidrIp"] for r in p.get("IpRanges", [])] + [g["GroupId"] for g in p.get("UserIdGroupPairs", [])]
+    }
+    assert rules == {
+        (22, 22, ADMIN_CIDR),
+        (8001, 8001, CLIENT_CIDR),
+        (8001, 8001, server["GroupId"]),
+        (8001, 8001, worker["GroupId"]),
+    }
 
 
 def test_server_policy_is_least_privilege(deployed, aws):
@@ -170,8 +204,10 @@ def test_server_policy_is_least_privilege(deployed, aws):
     assert all("*" not in a for a in actions), actions
     assert all(s["Effect"] == "Allow" for s in statements)
     (terminate,) = [s for s in statements if "ec2:TerminateInstances" in s["Action"]]
-    assert terminate["Condition"]["StringEquals"] == {"ec2:ResourceTag/dynwork:cluster": CLUSTER,
-                                                      "ec2:ResourceTag/dynwork:role": "worker"}
+    assert terminate["Condition"]["StringEquals"] == {
+        "ec2:ResourceTag/dynwork:cluster": CLUSTER,
+        "ec2:ResourceTag/dynwork:role": "worker",
+    }
     run = [s for s in statements if "ec2:RunInstances" in s["Action"]]
     assert run and all("ec2:LaunchTemplate" in s["Condition"]["ArnLike"] for s in run)
     (profile,) = iam.list_instance_profiles_for_role(RoleName=role)["InstanceProfiles"]
@@ -193,11 +229,22 @@ def test_inventory_gives_each_server_its_peer_and_a_loadable_config(deployed, mo
     from server.config import load_settings
 
     result = run_playbook(
-        moto_url, "-i", "inventory/aws", "dynwork_servers", "-c", "local",
-        "-e", f"ansible_python_interpreter={sys.executable}", "-e", "server_max_workers=5",
-        "-m", "ansible.builtin.template",
-        "-a", f"src=roles/server/templates/etc/dynwork/server.toml.j2 dest={tmp_path}/{{{{ inventory_hostname }}}}.toml",
-        tool=ANSIBLE_PLAYBOOK.parent / "ansible")
+        moto_url,
+        "-i",
+        "inventory/aws",
+        "dynwork_servers",
+        "-c",
+        "local",
+        "-e",
+        f"ansible_python_interpreter={sys.executable}",
+        "-e",
+        "server_max_workers=5",
+        "-m",
+        "ansible.builtin.template",
+        "-a",
+        f"src=roles/server/templates/etc/dynwork/server.toml.j2 dest={tmp_path}/{{{{ inventory_hostname }}}}.toml",
+        tool=ANSIBLE_PLAYBOOK.parent / "ansible",
+    )
     assert result.returncode == 0, explain(result)
     private = {tags(i)["dynwork:server"]: i["PrivateIpAddress"] for i in cluster_instances(aws["ec2"])}
     for name, other in (("s1", "s2"), ("s2", "s1")):
@@ -219,9 +266,17 @@ def test_second_run_changes_nothing(deployed, moto_url, aws):
 def test_teardown_leaves_nothing_of_the_cluster(deployed, moto_url, aws):
     ec2, iam = aws["ec2"], aws["iam"]
     # A worker a server launched from the template must go too.
-    ec2.run_instances(LaunchTemplate={"LaunchTemplateName": f"{CLUSTER}-worker"}, MinCount=1, MaxCount=1,
-                      TagSpecifications=[{"ResourceType": "instance", "Tags": [
-                          {"Key": "dynwork:cluster", "Value": CLUSTER}, {"Key": "dynwork:role", "Value": "worker"}]}])
+    ec2.run_instances(
+        LaunchTemplate={"LaunchTemplateName": f"{CLUSTER}-worker"},
+        MinCount=1,
+        MaxCount=1,
+        TagSpecifications=[
+            {
+                "ResourceType": "instance",
+                "Tags": [{"Key": "dynwork:cluster", "Value": CLUSTER}, {"Key": "dynwork:role", "Value": "worker"}],
+            }
+        ],
+    )
     result = run_playbook(moto_url, "-i", "inventory/aws", "playbooks/teardown.yml")
     assert result.returncode == 0, explain(result)
     by_tag = [{"Name": "tag:dynwork:cluster", "Values": [CLUSTER]}]

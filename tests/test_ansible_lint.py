@@ -1,4 +1,5 @@
 """The Ansible tree is lint-clean: ansible-lint (production profile, offline) and yamllint."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Runs the real playbook (connection local) on free loopback ports with its state in a temporary
 directory, so it never touches a `make up` cluster on 8001/8002.
 """
+
 from __future__ import annotations
 
 import json
@@ -47,13 +48,13 @@ def recap_changed(stdout: str) -> dict[str, int]:
 def local_target(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     ports = free_ports(2)
-    extra = json.dumps({"dynwork_local_ports": ports, "dynwork_run_dir": str(run_dir),
-                        "common_venv": sys.prefix})
+    extra = json.dumps({"dynwork_local_ports": ports, "dynwork_run_dir": str(run_dir), "common_venv": sys.prefix})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "DYNWORK_"))}
 
     def playbook(path: str) -> subprocess.CompletedProcess:
-        return subprocess.run([str(ANSIBLE_PLAYBOOK), path, "-e", extra], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [str(ANSIBLE_PLAYBOOK), path, "-e", extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
 
     yield playbook, ports, run_dir
     playbook("playbooks/teardown.yml")
@@ -96,19 +97,45 @@ def test_aws_server_config_template_is_what_the_server_loads(tmp_path):
 
     dest = tmp_path / "server.toml"
     variables = {
-        "server_host": "0.0.0.0", "server_port": "8001", "server_name": "s1",
-        "server_public_url": "http://10.0.0.5:8001", "server_peer": "http://10.0.0.6:8001",
-        "server_state_dir": "/var/lib/dynwork", "server_token_file": "/etc/dynwork/cluster.token",
-        "server_launcher": "ec2", "server_max_workers": 5, "server_launch_template": "dynwork-worker",
-        "server_cluster": "dynwork", "server_aws_region": "eu-west-1",
+        "server_host": "0.0.0.0",
+        "server_port": "8001",
+        "server_name": "s1",
+        "server_public_url": "http://10.0.0.5:8001",
+        "server_peer": "http://10.0.0.6:8001",
+        "server_state_dir": "/var/lib/dynwork",
+        "server_token_file": "/etc/dynwork/cluster.token",
+        "server_launcher": "ec2",
+        "server_max_workers": 5,
+        "server_launch_template": "dynwork-worker",
+        "server_cluster": "dynwork",
+        "server_aws_region": "eu-west-1",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "DYNWORK_"))}
     result = subprocess.run(
-        [str(BIN / "ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.template",
-         "-a", json.dumps({"src": str(ROOT / "roles/server/templates/etc/dynwork/server.toml.j2"),
-                           "dest": str(dest), "mode": "0600"}),
-         "-e", json.dumps(variables)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        [
+            str(BIN / "ansible"),
+            "localhost",
+            "-c",
+            "local",
+            "-m",
+            "ansible.builtin.template",
+            "-a",
+            json.dumps(
+                {
+                    "src": str(ROOT / "roles/server/templates/etc/dynwork/server.toml.j2"),
+                    "dest": str(dest),
+                    "mode": "0600",
+                }
+            ),
+            "-e",
+            json.dumps(variables),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, explain(result)
     assert dest.stat().st_mode & 0o777 == 0o600
     settings = load_settings(["--config", str(dest)], environ={})

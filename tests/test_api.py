@@ -1,5 +1,6 @@
 """The public and internal HTTP API against two real servers (no workers: results come from the
 internal API the way a worker would send them)."""
+
 from __future__ import annotations
 
 import socket
@@ -16,11 +17,25 @@ def complete_via_internal(server, token: str, count: int) -> dict[str, str]:
 
 # -- bad input ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("query", [
-    "", "?iterations=", "?iterations=0", "?iterations=-1", "?iterations=1.5", "?iterations=abc",
-    "?iterations=%201", "?iterations=1e3", "?iterations=0x10", "?iterations=100000001",
-    "?iterations=99999999999999999999999", "?iterations=1&iterations=2", "?iterations=%E2%91%A0",
-])
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?iterations=",
+        "?iterations=0",
+        "?iterations=-1",
+        "?iterations=1.5",
+        "?iterations=abc",
+        "?iterations=%201",
+        "?iterations=1e3",
+        "?iterations=0x10",
+        "?iterations=100000001",
+        "?iterations=99999999999999999999999",
+        "?iterations=1&iterations=2",
+        "?iterations=%E2%91%A0",
+    ],
+)
 def test_enqueue_rejects_bad_iterations(shared_cluster, query):
     resp = http("PUT", f"{shared_cluster.a.url}/enqueue{query}", data=b"x")
     assert resp.status == 400
@@ -51,9 +66,12 @@ def test_chunked_oversized_body_is_refused(make_cluster):
     def chunks():
         for _ in range(4):
             yield b"y" * 512
+
     import urllib.request
-    req = urllib.request.Request(f"{c.a.url}/enqueue?iterations=1", data=chunks(), method="PUT",
-                                 headers={"Transfer-Encoding": "chunked"})
+
+    req = urllib.request.Request(
+        f"{c.a.url}/enqueue?iterations=1", data=chunks(), method="PUT", headers={"Transfer-Encoding": "chunked"}
+    )
     try:
         urllib.request.urlopen(req, timeout=10)
         status = 200
@@ -94,8 +112,9 @@ def test_wrong_nonce_is_404_even_for_a_real_seq(cluster):
     assert http("GET", f"{cluster.a.url}/work/{name}.{seq}.{other}").status == 404
 
 
-@pytest.mark.parametrize("method,path", [("GET", "/enqueue"), ("GET", "/pullCompleted"), ("DELETE", "/work/x"),
-                                         ("POST", "/healthz")])
+@pytest.mark.parametrize(
+    "method,path", [("GET", "/enqueue"), ("GET", "/pullCompleted"), ("DELETE", "/work/x"), ("POST", "/healthz")]
+)
 def test_wrong_method_is_405_json(shared_cluster, method, path):
     resp = http(method, shared_cluster.a.url + path)
     assert resp.status == 405
@@ -115,15 +134,31 @@ def test_bad_wait_is_400(cluster):
 
 # -- authentication --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method,path", [
-    ("POST", "/internal/lease?max=1"), ("POST", "/internal/complete"), ("POST", "/internal/heartbeat"),
-    ("POST", "/internal/release"), ("POST", "/internal/peer/pull?top=5"), ("GET", "/internal/peer/work/x.1.abcdef"),
-    ("POST", "/internal/peer/sync"), ("GET", "/internal/lease"), ("DELETE", "/internal/anything"),
-    ("GET", "/internal/"), ("GET", "/%69nternal/peer/pull"), ("GET", "/INTERNAL/lease"),
-])
+
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("POST", "/internal/lease?max=1"),
+        ("POST", "/internal/complete"),
+        ("POST", "/internal/heartbeat"),
+        ("POST", "/internal/release"),
+        ("POST", "/internal/peer/pull?top=5"),
+        ("GET", "/internal/peer/work/x.1.abcdef"),
+        ("POST", "/internal/peer/sync"),
+        ("GET", "/internal/lease"),
+        ("DELETE", "/internal/anything"),
+        ("GET", "/internal/"),
+        ("GET", "/%69nternal/peer/pull"),
+        ("GET", "/INTERNAL/lease"),
+    ],
+)
 def test_internal_api_needs_the_token(shared_cluster, method, path):
-    for headers in ({}, {"Authorization": "Bearer wrong-token-of-enough-length"},
-                    {"Authorization": shared_cluster.token}, {"Authorization": f"Basic {shared_cluster.token}"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token-of-enough-length"},
+        {"Authorization": shared_cluster.token},
+        {"Authorization": f"Basic {shared_cluster.token}"},
+    ):
         resp = http(method, shared_cluster.a.url + path, data=b"{}" if method == "POST" else None, headers=headers)
         assert resp.status == 401, (path, headers, resp.status)
         assert resp.json()["error"] == "authentication required"
@@ -139,6 +174,7 @@ def test_server_refuses_a_world_readable_token_file(tmp_path):
 
 
 # -- results: pull once, peers, status ------------------------------------------------------
+
 
 def test_pull_hands_each_result_out_once_and_fills_from_the_peer(cluster):
     ids_a = [cluster.a.enqueue(bytes([i]) * 100, 1 + i) for i in range(3)]
@@ -177,6 +213,7 @@ def test_work_status_spans_both_servers_and_outlives_pull(cluster):
 def test_work_wait_long_polls_until_done(cluster):
     work_id = cluster.a.enqueue(b"wait for me", 3)
     import threading
+
     got = {}
     thread = threading.Thread(target=lambda: got.update(resp=cluster.b.work(work_id, wait=15)))
     thread.start()
@@ -195,15 +232,22 @@ def test_first_result_wins_and_duplicates_are_accepted(cluster):
 
 
 def test_malformed_internal_bodies_are_400(cluster):
-    for payload in ({"results": [["x"]]}, {"results": [["s1.1.abcdef", "zz"]]}, {"results": [["a", "00"]]},
-                    {"work_ids": "x"}):
+    for payload in (
+        {"results": [["x"]]},
+        {"results": [["s1.1.abcdef", "zz"]]},
+        {"results": [["a", "00"]]},
+        {"work_ids": "x"},
+    ):
         path = "/internal/heartbeat" if "work_ids" in payload else "/internal/complete"
         assert cluster.a.internal(path, payload, cluster.token).status == 400
-    resp = http("POST", f"{cluster.a.url}/internal/complete", data=b"not json",
-                headers={"Authorization": f"Bearer {cluster.token}", "X-Worker-Id": "w"})
+    resp = http(
+        "POST",
+        f"{cluster.a.url}/internal/complete",
+        data=b"not json",
+        headers={"Authorization": f"Bearer {cluster.token}", "X-Worker-Id": "w"},
+    )
     assert resp.status == 400
-    resp = http("POST", f"{cluster.a.url}/internal/lease?max=1",
-                headers={"Authorization": f"Bearer {cluster.token}"})
+    resp = http("POST", f"{cluster.a.url}/internal/lease?max=1", headers={"Authorization": f"Bearer {cluster.token}"})
     assert resp.status == 400 and "X-Worker-Id" in resp.json()["error"]
 
 
@@ -218,6 +262,7 @@ def test_status_reports_queue_workers_loans_and_peer(cluster):
 
 def test_settings_from_flags_env_and_config_file(tmp_path):
     from server.config import load_settings
+
     config = tmp_path / "server.toml"
     config.write_text('max_workers = 7\npeer = "http://10.0.0.2:8002"\nlease_s = 12.5\n')
     s = load_settings(["--config", str(config), "--port", "9001"], environ={"DYNWORK_MAX_WORKERS": "9"})
@@ -229,9 +274,11 @@ def test_settings_from_flags_env_and_config_file(tmp_path):
 
 def test_help_documents_every_setting():
     import dataclasses
+
+    from common.settings import build_parser
     from server.config import ServerSettings
     from worker.config import WorkerSettings
-    from common.settings import build_parser
+
     for cls in (ServerSettings, WorkerSettings):
         text = build_parser(cls, "x", "", "P_").format_help()
         for field in dataclasses.fields(cls):

@@ -1,4 +1,5 @@
 """Autoscaling with the local launcher: launch up to max, borrow the peer's quota, scale to zero."""
+
 from __future__ import annotations
 
 import time
@@ -10,8 +11,15 @@ from tests.cluster import reference, wait_for
 
 pytestmark = pytest.mark.slow
 
-SCALING = dict(launcher="local", max_workers=2, worker_threads=1, worker_idle_s=3, scale_up_wait_s=0.2,
-               target_drain_s=1, scale_interval_s=0.2)
+SCALING = dict(
+    launcher="local",
+    max_workers=2,
+    worker_threads=1,
+    worker_idle_s=3,
+    scale_up_wait_s=0.2,
+    target_drain_s=1,
+    scale_interval_s=0.2,
+)
 
 
 def fleet(server) -> int:
@@ -48,6 +56,7 @@ def test_backlog_launches_up_to_max_borrows_quota_and_scales_to_zero(make_cluste
         status = c.a.status()
         assert status["workers"]["allowed"] <= 4
         return status["completed"] == len(jobs)
+
     wait_for(all_done, 180, "the burst to complete", interval=0.2)
     assert max(sizes) <= 4  # the two maxima together are never exceeded
     assert c.a.status()["loans"]["borrowed"] > 0 or max(sizes) > 2
@@ -56,15 +65,19 @@ def test_backlog_launches_up_to_max_borrows_quota_and_scales_to_zero(make_cluste
         assert c.a.work(work_id).json()["result"] == expected
     # Idle workers exit on their own; loans are returned.
     wait_for(lambda: fleet(c.a) == 0 and fleet(c.b) == 0, 60, "the fleet to scale to zero")
-    wait_for(lambda: c.a.status()["loans"]["borrowed"] == 0 and c.b.status()["loans"]["lent"] == 0, 30,
-             "loans to be returned")
+    wait_for(
+        lambda: c.a.status()["loans"]["borrowed"] == 0 and c.b.status()["loans"]["lent"] == 0,
+        30,
+        "loans to be returned",
+    )
 
 
 def test_a_single_waiting_job_gets_a_worker_quickly(make_cluster):
     c = make_cluster(**SCALING)
     work_id = c.b.enqueue(b"lonely", 1)
-    item = wait_for(lambda: (w := c.b.work(work_id, wait=5).json())["status"] == "completed" and w, 60,
-                    "the job to complete")
+    item = wait_for(
+        lambda: (w := c.b.work(work_id, wait=5).json())["status"] == "completed" and w, 60, "the job to complete"
+    )
     assert item["result"] == reference(b"lonely", 1)
     # The boot time (launch to first report) is measured for the policy.
     wait_for(lambda: c.b.status()["workers"]["boot_s"] is not None, 10, "boot time to be measured")

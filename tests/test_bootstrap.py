@@ -1,4 +1,5 @@
 """worker.bootstrap against a real IMDSv2-like HTTP server on loopback."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,13 +10,18 @@ import threading
 
 import pytest
 
-from server.launchers.ec2 import user_data
 from server.launchers.base import WorkerSpec
+from server.launchers.ec2 import user_data
 from worker import bootstrap
 from worker.config import load_settings as load_worker_settings
 
-SPEC = WorkerSpec("s8001-w1-abc123", ("http://10.0.0.5:8001", "http://10.0.0.6:8002"),
-                  "t0ken-with-\"quotes\"-and-\\-" + "x" * 16, 0, 120.0)
+SPEC = WorkerSpec(
+    "s8001-w1-abc123",
+    ("http://10.0.0.5:8001", "http://10.0.0.6:8002"),
+    't0ken-with-"quotes"-and-\\-' + "x" * 16,
+    0,
+    120.0,
+)
 
 
 class FakeImds(http.server.ThreadingHTTPServer):
@@ -103,25 +109,37 @@ def test_reads_user_data_writes_token_0600_and_runs_the_worker(tmp_path, monkeyp
 
 def test_waits_for_metadata_that_is_not_ready_yet(tmp_path):
     with imds(user_data(SPEC).encode(), unready=2) as fake:
-        code = bootstrap.main(["--imds-endpoint", fake.url, "--token-file", str(tmp_path / "t")],
-                              run_worker=lambda argv: 0)
+        code = bootstrap.main(
+            ["--imds-endpoint", fake.url, "--token-file", str(tmp_path / "t")], run_worker=lambda argv: 0
+        )
     assert code == 0
     assert [r[0] for r in fake.requests] == ["PUT", "PUT", "PUT", "GET"]
 
 
 def test_gives_up_when_metadata_never_answers(tmp_path):
     with imds(b"", unready=10_000) as fake:
-        code = bootstrap.main(["--imds-endpoint", fake.url, "--imds-wait-s", "0.5",
-                               "--token-file", str(tmp_path / "t")], run_worker=pytest.fail)
+        code = bootstrap.main(
+            ["--imds-endpoint", fake.url, "--imds-wait-s", "0.5", "--token-file", str(tmp_path / "t")],
+            run_worker=pytest.fail,
+        )
     assert code == 1
     assert not (tmp_path / "t").exists()
 
 
-@pytest.mark.parametrize("body", [None, b"not = [toml", b'servers = []\ntoken = "x"\nworker_id = "w"\n',
-                                  b'servers = ["http://a"]\nworker_id = "w"\n', b"\xff\xfe"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        b"not = [toml",
+        b'servers = []\ntoken = "x"\nworker_id = "w"\n',
+        b'servers = ["http://a"]\nworker_id = "w"\n',
+        b"\xff\xfe",
+    ],
+)
 def test_bad_or_missing_user_data_is_a_config_error(tmp_path, body):
     with imds(body) as fake:
-        code = bootstrap.main(["--imds-endpoint", fake.url, "--token-file", str(tmp_path / "t")],
-                              run_worker=pytest.fail)
+        code = bootstrap.main(
+            ["--imds-endpoint", fake.url, "--token-file", str(tmp_path / "t")], run_worker=pytest.fail
+        )
     assert code == bootstrap.EXIT_BAD_USER_DATA
     assert not (tmp_path / "t").exists()

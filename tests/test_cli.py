@@ -1,5 +1,6 @@
-"""The `dynwork` command line: parsing and formatting on their own, then every command against two
-real servers (in-process through `main(argv)`, and a few times as a real subprocess)."""
+"""The `dynwork` command line: every command against two real servers (in-process through
+`main(argv)`, and a few times as a real subprocess)."""
+
 from __future__ import annotations
 
 import io
@@ -7,8 +8,7 @@ import json
 import os
 import subprocess
 import sys
-
-import pytest
+from pathlib import Path
 
 from client import cli
 from tests.cluster import ROOT, Completer, free_port, reference, wait_for
@@ -34,7 +34,7 @@ def connected(pid: int, port: int) -> bool:
     """Whether process `pid` holds an established TCP connection to 127.0.0.1:`port` (Linux /proc)."""
     try:
         inodes = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-        rows = open(f"/proc/{pid}/net/tcp").read().splitlines()[1:]
+        rows = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
     except OSError:
         return False
     for row in rows:
@@ -46,96 +46,21 @@ def connected(pid: int, port: int) -> bool:
 
 def run_subprocess(urls, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess:
     flags = [arg for url in urls for arg in ("--server", url)]
-    return subprocess.run([sys.executable, "-m", "client.cli", *flags, *argv], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "client.cli", *flags, *argv],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-# -- parsing and formatting ----------------------------------------------------------------------
-
-def test_servers_from_flags_then_environment_then_defaults():
-    env = {"DYNWORK_SERVERS": "http://h1:1, h2:2/,,"}
-    assert cli.resolve_servers(["http://f:9", "f:9"], env) == ("http://f:9",)
-    assert cli.resolve_servers(None, env) == ("http://h1:1", "http://h2:2")
-    assert cli.resolve_servers(None, {}) == cli.DEFAULT_SERVERS
-    assert cli.resolve_servers(None, {"DYNWORK_SERVERS": " "}) == cli.DEFAULT_SERVERS
-    for bad in ("ftp://x:1", "http://", "http://x:1/path", "http://x:1?q"):
-        with pytest.raises(cli.UsageError):
-            cli.resolve_servers([bad], {})
-
-
-def test_bad_server_url_is_a_usage_error(capsys):
-    assert cli.main(["--server", "ftp://x", "status"], environ={}) == cli.EXIT_USAGE
-    assert "bad server URL" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("argv", [
-    ["pull", "--top", "0"], ["pull", "--top", "1001"], ["pull", "--top", "x"], ["enqueue", "f"],
-    ["enqueue", "--iterations", "0", "f"], ["wait"], ["bench", "--jobs", "0"], ["bench", "--body-bytes", "-1"],
-    ["wait", "x", "--timeout", "nan"], ["frobnicate"], [],
-])
-def test_bad_arguments_exit_2(capsys, argv):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(argv, environ={})
-    assert exc.value.code == 2
-    assert "usage: dynwork" in capsys.readouterr().err
-
-
-def test_global_options_go_before_or_after_the_command():
-    parser = cli.build_parser()
-    assert parser.parse_args(["--server", "a:1", "status"]).server == ["a:1"]
-    assert parser.parse_args(["status", "--server", "a:1", "--server", "b:2"]).server == ["a:1", "b:2"]
-    assert not hasattr(parser.parse_args(["status"]), "server")
-
-
-def test_format_table_aligns_columns():
-    text = cli.format_table(("NAME", "N"), [("a", 1), ("long-name", 12345)], right=(1,))
-    assert text.splitlines() == ["NAME           N", "a              1", "long-name  12345"]
-
-
-def test_format_status_shows_a_down_server():
-    up = {"url": "http://a:1", "up": True, "status": {
-        "server": "s1", "queued": 3, "running": 1, "completed": 10, "failed": 0, "oldest_queued_age_s": 1.25,
-        "jobs_per_s": 12.5, "workers": {"live": 2, "starting": 1, "allowed": 5}, "workers_reporting": 4,
-        "loans": {"borrowed": 1, "lent": 0},
-        "peer": {"reachable": False}, "closing": False}}
-    down = {"url": "http://b:2", "up": False, "error": "connection refused"}
-    lines = cli.format_status([up, down]).splitlines()
-    assert lines[0].split() == ["SERVER", "URL", "STATE", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "OLDEST",
-                                "JOBS/S", "WORKERS", "SERVING", "LOANS", "PEER"]
-    assert lines[1].split() == ["s1", "http://a:1", "up", "3", "1", "10", "0", "1.2s", "12.5", "2+1/5", "4",
-                                "+1/-0", "unreachable"]
-    assert lines[2].split()[:3] == ["-", "http://b:2", "DOWN"]
-    assert lines[3] == "http://b:2: connection refused"
-    # A status from a newer or older server with fields missing still renders.
-    assert "?" in cli.format_status([{"url": "http://a:1", "up": True, "status": {}}])
-
-
-def test_format_pulled_and_times():
-    assert cli.format_time(0) == "1970-01-01T00:00:00.000Z"
-    assert cli.format_time(None) == "-"
-    text = cli.format_pulled([{"work_id": "s1.1.abcdef", "iterations": 7, "completed_at": 1.5, "result": "ab"},
-                              {"work_id": "s1.2.abcdef", "iterations": 1, "completed_at": 2, "result": None,
-                               "error": "boom"}])
-    assert "s1.1.abcdef           7  1970-01-01T00:00:01.500Z  ab" in text
-    assert "FAILED: boom" in text
-
-
-def test_progress_bar_draws_only_on_a_terminal():
-    stream = io.StringIO()
-    bar = cli.Progress(4, stream, enabled=True, width=8)
-    bar.update()
-    bar.update(failed=True)
-    assert bar.line().startswith("[####----] 2/4 done, 1 failed")
-    bar.close()
-    assert stream.getvalue().startswith("\r[##------] 1/4 done") and stream.getvalue().endswith("\n")
-    quiet = io.StringIO()
-    silent = cli.Progress(1, quiet, enabled=False)
-    silent.update()
-    silent.close()
-    assert quiet.getvalue() == ""
+# Parsing, formatting, the progress bar and the Python client on their own: tests/unit/test_cli_*.py.
 
 
 # -- enqueue -------------------------------------------------------------------------------------
+
 
 def test_enqueue_files_and_stdin_over_both_servers(cluster, capsys, monkeypatch, tmp_path):
     bodies = [bytes([0, 255, i]) * 50 for i in range(4)]
@@ -143,8 +68,17 @@ def test_enqueue_files_and_stdin_over_both_servers(cluster, capsys, monkeypatch,
     for i, body in enumerate(bodies):
         paths.append(tmp_path / f"f{i}")
         paths[-1].write_bytes(body)
-    code, out, err = dynwork(capsys, cluster, "enqueue", "--iterations", "3", *map(str, paths), "-",
-                             stdin=b"\x00from stdin", monkeypatch=monkeypatch)
+    code, out, err = dynwork(
+        capsys,
+        cluster,
+        "enqueue",
+        "--iterations",
+        "3",
+        *map(str, paths),
+        "-",
+        stdin=b"\x00from stdin",
+        monkeypatch=monkeypatch,
+    )
     assert code == 0, err
     ids = out.split()
     assert len(ids) == 5
@@ -188,6 +122,7 @@ def test_enqueue_fails_over_to_a_live_server_and_reports_when_none_is(cluster, c
 
 # -- get, wait, pull ------------------------------------------------------------------------------
 
+
 def test_get_answers_from_either_server(cluster, capsys):
     work_id = cluster.a.enqueue(b"abc", 2)
     code, out, _ = dynwork(capsys, [cluster.b.url], "get", work_id)  # b asks its peer
@@ -215,8 +150,13 @@ def test_wait_prints_results_in_order_and_fails_on_a_failed_job(make_cluster, ca
 
 def start_waiter(server, work_id: str) -> subprocess.Popen:
     """`dynwork wait` in a subprocess, returned once it holds its long-poll on `server`."""
-    proc = subprocess.Popen([sys.executable, "-m", "client.cli", "--server", server.url, "wait", work_id],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "--server", server.url, "wait", work_id],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: connected(proc.pid, server.port), 30, "the waiter to connect")
     except BaseException:
@@ -267,6 +207,7 @@ def test_pull_hands_results_out_once_as_json_lines_or_a_table(cluster, capsys):
 
 # -- status --------------------------------------------------------------------------------------
 
+
 def test_status_of_both_servers_and_of_a_down_one(cluster, capsys):
     cluster.a.enqueue(b"x", 1)
     code, out, _ = dynwork(capsys, cluster, "status")
@@ -284,6 +225,7 @@ def test_status_of_both_servers_and_of_a_down_one(cluster, capsys):
 
 
 # -- bench ---------------------------------------------------------------------------------------
+
 
 def test_bench_command_json(cluster):
     urls = [s.url for s in cluster.servers]
@@ -354,8 +296,18 @@ def test_bench_through_real_workers(cluster):
     """The whole path: the CLI's bench against two servers and a real worker subprocess on each."""
     cluster.worker(own=0, threads=1)
     cluster.worker(own=1, threads=1)
-    proc = run_subprocess([s.url for s in cluster.servers], "bench", "--jobs", "500", "--body-bytes", "1000",
-                          "--iterations", "3", "--verify", "--json")
+    proc = run_subprocess(
+        [s.url for s in cluster.servers],
+        "bench",
+        "--jobs",
+        "500",
+        "--body-bytes",
+        "1000",
+        "--iterations",
+        "3",
+        "--verify",
+        "--json",
+    )
     assert proc.returncode == 0, proc.stderr + proc.stdout + cluster.logs()
     report = json.loads(proc.stdout)
     assert (report["completed"], report["failed"], report["wrong"], report["foreign"]) == (500, 0, 0, 0)

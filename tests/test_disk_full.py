@@ -1,5 +1,6 @@
 """A full disk, produced for real with RLIMIT_FSIZE on the server process: enqueue answers 503,
 nothing acknowledged is lost, and the server recovers by itself once space is back."""
+
 from __future__ import annotations
 
 import resource
@@ -30,8 +31,11 @@ def test_full_disk_gives_503_and_recovers(tmp_path):
         for work_id in acked:
             assert server.work(work_id).json()["status"] == "queued"
         resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-        wait_for(lambda: http("PUT", f"{server.url}/enqueue?iterations=1", data=b"again").status == 200, 30,
-                 "enqueue to work again")
+        wait_for(
+            lambda: http("PUT", f"{server.url}/enqueue?iterations=1", data=b"again").status == 200,
+            30,
+            "enqueue to work again",
+        )
         assert server.status()["queued"] == len(acked) + 1
     finally:
         server.stop()

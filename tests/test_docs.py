@@ -1,4 +1,5 @@
 """The docs cannot drift from the code: every setting is in the README, every cited test exists."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ def test_failure_modes_cite_tests_that_exist():
     cited = re.findall(r"`(test_\w+\.py)(?:::(test_\w+))?`", text)
     cited += [(None, name) for name in re.findall(r"`(test_\w+)`", text)]
     assert len(cited) > 15
-    sources = {p.name: p.read_text() for p in (ROOT / "tests").glob("test_*.py")}
+    sources = {p.name: p.read_text() for p in (ROOT / "tests").rglob("test_*.py")}
     for filename, function in cited:
         if filename:
             assert filename in sources, filename

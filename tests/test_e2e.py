@@ -1,4 +1,5 @@
 """The whole system: real servers, real worker subprocesses, native hashing, crashes."""
+
 from __future__ import annotations
 
 import random
@@ -22,6 +23,7 @@ def wait_result(server, work_id: str, timeout: float = 60.0) -> dict:
     def finished():
         item = server.work(work_id, wait=5).json()
         return item if item["status"] in ("completed", "failed") else None
+
     return wait_for(finished, timeout, f"{work_id} to finish")
 
 
@@ -31,6 +33,7 @@ def pull_all(cluster, expected: int, timeout: float = 60.0) -> list[dict]:
     def enough():
         pulled.extend(cluster.a.pull(1000))
         return len(pulled) >= expected
+
     wait_for(enough, timeout, f"{expected} results", interval=0.2)
     return pulled
 
@@ -141,8 +144,11 @@ def test_lease_expiry_retries_then_fails_after_max_attempts(make_cluster):
     work_id = c.a.enqueue(b"doomed", 1)
     for attempt in range(2):
         wait_for(lambda: c.a.work(work_id).json()["status"] == "queued", 15, "requeue")
-        resp = http("POST", f"{c.a.url}/internal/lease?max=1&wait=5",
-                    headers={"Authorization": f"Bearer {c.token}", "X-Worker-Id": f"ghost{attempt}"})
+        resp = http(
+            "POST",
+            f"{c.a.url}/internal/lease?max=1&wait=5",
+            headers={"Authorization": f"Bearer {c.token}", "X-Worker-Id": f"ghost{attempt}"},
+        )
         assert resp.status == 200 and work_id.encode() in resp.body
     item = wait_for(lambda: (w := c.a.work(work_id).json())["status"] == "failed" and w, 15, "failure")
     assert item["result"] is None and "2 attempts" in item["error"]

@@ -4,6 +4,7 @@ moto never runs user-data, so no launched instance ever reports: that is exactly
 never boots" case. Faults that moto cannot produce (throttling) are injected with a botocore
 event hook that raises the ClientError AWS would send.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -17,14 +18,14 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
-from server.scaling.autoscaler import Autoscaler
 from server.config import ServerSettings
 from server.launchers.ec2 import Ec2Launcher
-from server.scaling.guard import LaunchGuard
 from server.loans import Loans
+from server.registry import Registry
+from server.scaling.autoscaler import Autoscaler
+from server.scaling.guard import LaunchGuard
 from server.scheduler import Scheduler
 from server.store import Store
-from server.registry import Registry
 
 TEMPLATE = "dynwork-worker-test"
 CLUSTER = "c1"
@@ -38,8 +39,9 @@ def moto_url():
     server.start()
     host, port = server.get_host_and_port()
     url = f"http://{host}:{port}"
-    client = boto3.client("ec2", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                          aws_secret_access_key="testing")
+    client = boto3.client(
+        "ec2", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
     # Listing every built-in AMI takes seconds; do it once. A reset brings the same ones back.
     image = client.describe_images(MaxResults=5)["Images"][0]["ImageId"]
     yield url, image
@@ -51,15 +53,20 @@ def ec2(moto_url, monkeypatch):
     """A clean moto account with a launch template; the environment points boto3 at it."""
     moto_url, image = moto_url
     urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")).read()
-    for key, value in {"AWS_ENDPOINT_URL": moto_url, "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for key, value in {
+        "AWS_ENDPOINT_URL": moto_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
         monkeypatch.delenv(key, raising=False)
     client = boto3.client("ec2", region_name="us-east-1")
     client.describe_images(ImageIds=[image])  # still there after the reset
-    client.create_launch_template(LaunchTemplateName=TEMPLATE,
-                                  LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"})
+    client.create_launch_template(
+        LaunchTemplateName=TEMPLATE, LaunchTemplateData={"ImageId": image, "InstanceType": "t3.micro"}
+    )
     client.image_id = image
     return client
 
@@ -84,9 +91,18 @@ class Harness:
     """One server's scaling parts, as server.node wires them, minus HTTP."""
 
     def __init__(self, tmp_path, *, name="s8001", guard_kw=None, client_factory=None, **overrides) -> None:
-        values = dict(launcher="ec2", launch_template=TEMPLATE, cluster=CLUSTER, name=name,
-                      state_dir=tmp_path / name, max_workers=3, worker_boot_timeout_s=300.0,
-                      scale_interval_s=0.05, reconcile_interval_s=0.2, worker_idle_s=30.0)
+        values = dict(
+            launcher="ec2",
+            launch_template=TEMPLATE,
+            cluster=CLUSTER,
+            name=name,
+            state_dir=tmp_path / name,
+            max_workers=3,
+            worker_boot_timeout_s=300.0,
+            scale_interval_s=0.05,
+            reconcile_interval_s=0.2,
+            worker_idle_s=30.0,
+        )
         values.update(overrides)
         self.settings = ServerSettings(**values)
         self.guard = LaunchGuard(max_per_minute=20, rng=lambda: 0.5, **(guard_kw or {}))
@@ -102,9 +118,16 @@ class Harness:
         self.launcher = Ec2Launcher(s, client_factory=self.client_factory)
         await self.launcher.start()
         self.loops = [asyncio.create_task(loop) for loop in self.launcher.loops().values()]  # as the node does
-        self.autoscaler = Autoscaler(settings=s, scheduler=self.scheduler, registry=Registry(),
-                                     launcher=self.launcher, guard=self.guard, loans=Loans(s.max_workers),
-                                     servers=(SERVER_URL, PEER_URL), token="cluster-secret")
+        self.autoscaler = Autoscaler(
+            settings=s,
+            scheduler=self.scheduler,
+            registry=Registry(),
+            launcher=self.launcher,
+            guard=self.guard,
+            loans=Loans(s.max_workers),
+            servers=(SERVER_URL, PEER_URL),
+            token="cluster-secret",
+        )
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -181,35 +204,60 @@ def test_silent_fleet_is_reaped_launches_stay_bounded_and_others_untouched(tmp_p
     # cluster, and a worker of this cluster started by the peer server.
     def make(**tags):
         spec = [{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}]
-        return ec2.run_instances(ImageId=ec2.image_id, MinCount=1, MaxCount=1,
-                                 TagSpecifications=spec)["Instances"][0]["InstanceId"]
+        return ec2.run_instances(ImageId=ec2.image_id, MinCount=1, MaxCount=1, TagSpecifications=spec)["Instances"][0][
+            "InstanceId"
+        ]
 
     others = [
-        make(**{"dynwork:cluster": "other", "dynwork:role": "worker", "dynwork:server": "s8001",
-                "dynwork:worker-id": "other-w1"}),
+        make(
+            **{
+                "dynwork:cluster": "other",
+                "dynwork:role": "worker",
+                "dynwork:server": "s8001",
+                "dynwork:worker-id": "other-w1",
+            }
+        ),
         make(**{"dynwork:cluster": CLUSTER, "dynwork:role": "server", "dynwork:server": "s8001"}),
-        make(**{"dynwork:cluster": CLUSTER, "dynwork:role": "worker", "dynwork:server": "s8002",
-                "dynwork:worker-id": "s8002-w1-abc"}),
+        make(
+            **{
+                "dynwork:cluster": CLUSTER,
+                "dynwork:role": "worker",
+                "dynwork:server": "s8002",
+                "dynwork:worker-id": "s8002-w1-abc",
+            }
+        ),
     ]
     most_at_once = 0
 
     def sample():
         nonlocal most_at_once
-        ours = [i for i in live(instances(ec2, {"dynwork:cluster": CLUSTER})) if tags_of(i)["dynwork:role"] == "worker"
-                and tags_of(i)["dynwork:server"] == "s8001"]
+        ours = [
+            i
+            for i in live(instances(ec2, {"dynwork:cluster": CLUSTER}))
+            if tags_of(i)["dynwork:role"] == "worker" and tags_of(i)["dynwork:server"] == "s8001"
+        ]
         most_at_once = max(most_at_once, len(ours))
 
     async def scenario():
-        async with Harness(tmp_path, worker_boot_timeout_s=1.0,
-                           guard_kw={"max_boot_failures": 3, "probe_interval_s": 3600.0}) as h:
+        async with Harness(
+            tmp_path, worker_boot_timeout_s=1.0, guard_kw={"max_boot_failures": 3, "probe_interval_s": 3600.0}
+        ) as h:
             assert h.launcher.status()["foreign_instances"] == 1
             await h.backlog()
             await h.tick_until(lambda: h.guard.status()["state"] == "suspended", every=sample)
             # every silent instance gets terminated; the peer's worker is counted, never ours
-            await h.tick_until(lambda: not live([i for i in instances(ec2, {"dynwork:server": "s8001"})
-                                                 if tags_of(i).get("dynwork:role") == "worker"
-                                                 and tags_of(i)["dynwork:cluster"] == CLUSTER]),
-                               every=sample)
+            await h.tick_until(
+                lambda: (
+                    not live(
+                        [
+                            i
+                            for i in instances(ec2, {"dynwork:server": "s8001"})
+                            if tags_of(i).get("dynwork:role") == "worker" and tags_of(i)["dynwork:cluster"] == CLUSTER
+                        ]
+                    )
+                ),
+                every=sample,
+            )
             launched = h.launcher.launched_total
             for _ in range(20):  # suspended: the backlog is still there, nothing more launches
                 await h.autoscaler.tick()
@@ -254,16 +302,18 @@ def test_throttling_backs_off_and_recovers(tmp_path, ec2):
     def throttle(**kwargs):
         calls.append(time.monotonic())
         if len(calls) <= 4:
-            raise ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."}},
-                              "RunInstances")
+            raise ClientError(
+                {"Error": {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."}}, "RunInstances"
+            )
 
     async def scenario():
         async with Harness(tmp_path, guard_kw={"base_backoff_s": 0.3, "max_backoff_s": 2.0}) as h:
             h.launcher.client.meta.events.register("before-call.ec2.RunInstances", throttle)
             await h.backlog()
             states = []
-            await h.tick_until(lambda: h.launcher.launched_total == 3,
-                               every=lambda: states.append(h.guard.status()["state"]))
+            await h.tick_until(
+                lambda: h.launcher.launched_total == 3, every=lambda: states.append(h.guard.status()["state"])
+            )
             return states, h.guard.status()
 
     states, status = run(scenario())
@@ -282,12 +332,23 @@ def test_server_process_launches_survives_kill_9_adopts_and_reaps(tmp_path, ec2)
     port = free_port()
     name = f"s{port}"
     token_file = make_token_file(tmp_path)
-    common = dict(launcher="ec2", launch_template=TEMPLATE, cluster=CLUSTER, max_workers=3,
-                  reconcile_interval_s=0.3, scale_interval_s=0.2)
+    common = dict(
+        launcher="ec2",
+        launch_template=TEMPLATE,
+        cluster=CLUSTER,
+        max_workers=3,
+        reconcile_interval_s=0.3,
+        scale_interval_s=0.2,
+    )
 
     def ours():
-        return live([i for i in instances(ec2, {"dynwork:server": name})
-                     if tags_of(i)["dynwork:cluster"] == CLUSTER and tags_of(i)["dynwork:role"] == "worker"])
+        return live(
+            [
+                i
+                for i in instances(ec2, {"dynwork:server": name})
+                if tags_of(i)["dynwork:cluster"] == CLUSTER and tags_of(i)["dynwork:role"] == "worker"
+            ]
+        )
 
     server = Server(port, tmp_path / name, token_file, worker_boot_timeout=300, **common).start()
     try:
@@ -305,8 +366,11 @@ def test_server_process_launches_survives_kill_9_adopts_and_reaps(tmp_path, ec2)
         server.start()
         adopted = wait_for(lambda: (s := server.status())["launcher"]["instances"] == 3 and s, 30, "adoption")
         assert adopted["launcher"]["launched_total"] == 0
-        suspended = wait_for(lambda: (s := server.status())["launcher"]["guard"]["state"] == "suspended" and s,
-                             60, "launches suspended after the adopted instances never reported")
+        suspended = wait_for(
+            lambda: (s := server.status())["launcher"]["guard"]["state"] == "suspended" and s,
+            60,
+            "launches suspended after the adopted instances never reported",
+        )
         wait_for(lambda: not ours(), 30, "silent instances terminated")
         assert suspended["launcher"]["launched_total"] == 0
         assert "never reported" in suspended["launcher"]["guard"]["reason"]
@@ -332,9 +396,21 @@ def test_launched_instances_boot_through_bootstrap_work_and_scale_down(tmp_path,
     port = free_port()
     name = f"s{port}"
     token_file = make_token_file(tmp_path)
-    server = Server(port, tmp_path / name, token_file, launcher="ec2", launch_template=TEMPLATE,
-                    cluster=CLUSTER, max_workers=2, target_drain_s=0.1, worker_idle_s=2, worker_threads=1,
-                    worker_boot_timeout=120, reconcile_interval_s=0.3, scale_interval_s=0.2)
+    server = Server(
+        port,
+        tmp_path / name,
+        token_file,
+        launcher="ec2",
+        launch_template=TEMPLATE,
+        cluster=CLUSTER,
+        max_workers=2,
+        target_drain_s=0.1,
+        worker_idle_s=2,
+        worker_threads=1,
+        worker_boot_timeout=120,
+        reconcile_interval_s=0.3,
+        scale_interval_s=0.2,
+    )
     booted: dict[str, tuple[subprocess.Popen, FakeImds]] = {}
     exit_codes: dict[str, int] = {}
 
@@ -347,9 +423,20 @@ def test_launched_instances_boot_through_bootstrap_work_and_scale_down(tmp_path,
             imds = FakeImds(base64.b64decode(raw))
             threading.Thread(target=imds.serve_forever, daemon=True).start()
             with open(tmp_path / f"{iid}.log", "ab") as log:
-                proc = subprocess.Popen([sys.executable, "-m", "worker.bootstrap", "--imds-endpoint", imds.url,
-                                         "--token-file", str(tmp_path / iid / "cluster.token")],
-                                        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+                proc = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "worker.bootstrap",
+                        "--imds-endpoint",
+                        imds.url,
+                        "--token-file",
+                        str(tmp_path / iid / "cluster.token"),
+                    ],
+                    cwd=ROOT,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
             booted[iid] = (proc, imds)
         for iid, (proc, imds) in booted.items():
             if iid not in exit_codes and proc.poll() is not None:
@@ -361,24 +448,34 @@ def test_launched_instances_boot_through_bootstrap_work_and_scale_down(tmp_path,
         def check():
             hypervisor()
             return cond()
+
         return check
 
     server.start()
     try:
         jobs = {server.enqueue(bytes([i]) * 100, 50_000): bytes([i]) * 100 for i in range(6)}
-        done = wait_for(step(lambda: all(server.work(w).json()["status"] == "completed" for w in jobs)),
-                        120, "jobs completed by booted workers")
+        done = wait_for(
+            step(lambda: all(server.work(w).json()["status"] == "completed" for w in jobs)),
+            120,
+            "jobs completed by booted workers",
+        )
         assert done
         for work_id, body in jobs.items():
             assert server.work(work_id).json()["result"] == reference(body, 50_000)
         status = server.status()
         assert status["workers"]["boot_s"] is not None  # measured: launch to first report
         # idle workers exit on their own, their instances terminate, the fleet is empty again
-        wait_for(step(lambda: len(exit_codes) == len(booted) and not live(instances(ec2, {"dynwork:server": name}))),
-                 120, "workers idle-exited and instances terminated")
+        wait_for(
+            step(lambda: len(exit_codes) == len(booted) and not live(instances(ec2, {"dynwork:server": name}))),
+            120,
+            "workers idle-exited and instances terminated",
+        )
         assert set(exit_codes.values()) == {0}
-        final = wait_for(lambda: (s := server.status())["workers"]["live"] == 0 and s["workers"]["starting"] == 0
-                         and s, 60, "fleet empty in /status")
+        final = wait_for(
+            lambda: (s := server.status())["workers"]["live"] == 0 and s["workers"]["starting"] == 0 and s,
+            60,
+            "fleet empty in /status",
+        )
         assert 1 <= final["launcher"]["launched_total"] == len(booted) <= 2
         assert final["launcher"]["guard"]["state"] == "ok"
     finally:
@@ -409,13 +506,16 @@ def test_no_launch_before_the_fleet_is_known(tmp_path, ec2):
         return client
 
     async def scenario():
-        async with Harness(tmp_path, client_factory=factory,
-                           guard_kw={"base_backoff_s": 0.2, "max_backoff_s": 0.5}) as h:
+        async with Harness(
+            tmp_path, client_factory=factory, guard_kw={"base_backoff_s": 0.2, "max_backoff_s": 0.5}
+        ) as h:
             assert h.launcher.reconciled_at is None and "Throttling" in h.launcher.reconcile_error
             await h.backlog()
             states = []
-            await h.tick_until(lambda: h.launcher.launched_total == 3, every=lambda: states.append(
-                (h.launcher.reconciled_at is not None, h.launcher.launched_total)))
+            await h.tick_until(
+                lambda: h.launcher.launched_total == 3,
+                every=lambda: states.append((h.launcher.reconciled_at is not None, h.launcher.launched_total)),
+            )
             return states
 
     states = run(scenario())
@@ -482,8 +582,16 @@ def test_server_sigterm_stops_launching_and_leaves_instances_to_idle_out(tmp_pat
     from tests.cluster import Server, free_port, make_token_file, wait_for
 
     port = free_port()
-    server = Server(port, tmp_path / f"s{port}", make_token_file(tmp_path), launcher="ec2",
-                    launch_template=TEMPLATE, cluster=CLUSTER, max_workers=2, scale_interval_s=0.2)
+    server = Server(
+        port,
+        tmp_path / f"s{port}",
+        make_token_file(tmp_path),
+        launcher="ec2",
+        launch_template=TEMPLATE,
+        cluster=CLUSTER,
+        max_workers=2,
+        scale_interval_s=0.2,
+    )
     server.start()
     try:
         for _ in range(10):
@@ -504,9 +612,15 @@ def test_partial_launch_keeps_what_started_and_backs_off(tmp_path, ec2):
     def limit(**kwargs):
         calls.append(1)
         if len(calls) == 3:
-            raise ClientError({"Error": {"Code": "InstanceLimitExceeded",
-                                         "Message": "You have requested more instances than your limit"}},
-                              "RunInstances")
+            raise ClientError(
+                {
+                    "Error": {
+                        "Code": "InstanceLimitExceeded",
+                        "Message": "You have requested more instances than your limit",
+                    }
+                },
+                "RunInstances",
+            )
 
     async def scenario():
         async with Harness(tmp_path, guard_kw={"base_backoff_s": 0.3, "max_backoff_s": 1.0}) as h:

@@ -3,6 +3,7 @@
 Each test runs once per backend (scalar, avx2, avx512), skipped where this CPU lacks it; the
 `DYNWORK_HASH_BACKEND` variable itself is tested in subprocesses at the end.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,9 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from native_support import PADDING_BOUNDARIES, load_vectors, reference
 
 import native
-from native_support import PADDING_BOUNDARIES, load_vectors, reference
 
 VECTORS = load_vectors()
 

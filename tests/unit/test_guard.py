@@ -1,4 +1,5 @@
 """LaunchGuard: per-minute cap, back-off with jitter, suspension after repeated boot failures."""
+
 from __future__ import annotations
 
 import logging
@@ -6,8 +7,8 @@ import logging
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from server.scaling.guard import LaunchGuard
 from server.launchers.base import LaunchError
+from server.scaling.guard import LaunchGuard
 
 
 def make(**kw) -> LaunchGuard:
@@ -83,7 +84,7 @@ def test_boot_failures_suspend_launches_until_a_worker_boots(caplog):
     guard.boot_failed(0.0)
     guard.boot_failed(0.0)
     assert guard.allowed(5, 0.0) == 5
-    with caplog.at_level(logging.ERROR, logger="server.guard"):
+    with caplog.at_level(logging.ERROR, logger="server.scaling.guard"):
         guard.boot_failed(1.0)
     assert "launches suspended" in caplog.text
     assert guard.allowed(5, 2.0) == 0

@@ -1,4 +1,5 @@
 """The scaling policy: projected need from the measured worker rate and boot time."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,17 @@ PARAMS = PolicyParams(scale_up_wait_s=2.0, target_drain_s=30.0)
 
 
 def obs(work_s: float = 0.0, queued: int | None = None, **kw) -> Observation:
-    values = dict(queued=1000 if queued is None else queued, backlog_cost=int(work_s * RATE),
-                  oldest_wait_s=0.0, live=0, starting=0, allowed=10, min_workers=0, worker_rate=RATE, boot_s=40.0)
+    values = dict(
+        queued=1000 if queued is None else queued,
+        backlog_cost=int(work_s * RATE),
+        oldest_wait_s=0.0,
+        live=0,
+        starting=0,
+        allowed=10,
+        min_workers=0,
+        worker_rate=RATE,
+        boot_s=40.0,
+    )
     values.update(kw)
     return Observation(**values)
 
@@ -64,11 +74,20 @@ def test_never_more_workers_than_queued_jobs_and_min_workers_kept():
     assert to_launch(obs(0.0, queued=0, live=3), PARAMS) == 0
 
 
-@given(st.builds(
-    Observation,
-    queued=st.integers(0, 10_000), backlog_cost=st.integers(0, 10**13), oldest_wait_s=st.floats(0, 1e4),
-    live=st.integers(0, 50), starting=st.integers(0, 50), allowed=st.integers(0, 50), min_workers=st.integers(0, 5),
-    worker_rate=st.floats(0, 1e9), boot_s=st.floats(0, 600)))
+@given(
+    st.builds(
+        Observation,
+        queued=st.integers(0, 10_000),
+        backlog_cost=st.integers(0, 10**13),
+        oldest_wait_s=st.floats(0, 1e4),
+        live=st.integers(0, 50),
+        starting=st.integers(0, 50),
+        allowed=st.integers(0, 50),
+        min_workers=st.integers(0, 5),
+        worker_rate=st.floats(0, 1e9),
+        boot_s=st.floats(0, 600),
+    )
+)
 def test_launches_are_bounded(o):
     n = to_launch(o, PARAMS)
     assert 0 <= n <= max(0, o.allowed - o.live - o.starting)

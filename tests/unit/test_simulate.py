@@ -1,4 +1,5 @@
 """The autoscaling simulation: the policy against the fixed "oldest job > 15 s, add one" rule."""
+
 from __future__ import annotations
 
 import pytest

@@ -23,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
+from common.credentials import worker_credential
+
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m server` runs from here
 START_TIMEOUT_S = 60.0
 
@@ -202,11 +204,23 @@ class ServerProcess:
             self.proc.wait()
 
 
+def worker_token_file(cluster_token_file: Path, worker_id: str) -> Path:
+    """A mode-0600 file next to the cluster's with the worker's own credential (derived)."""
+    path = cluster_token_file.parent / f"{worker_id}.token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(worker_credential(cluster_token_file.read_text().strip(), worker_id) + "\n")
+    return path
+
+
 class WorkerProcess:
-    """One `python -m worker` subprocess, started at once; `settings` become flags."""
+    """One `python -m worker` subprocess, started at once with its own credential (derived from
+    the cluster secret in `token_file`) under `worker_id` (default: made up); `settings` become flags."""
 
     def __init__(self, servers: list[str], token_file: Path, log_path: Path, **settings: object) -> None:
-        argv = [sys.executable, "-m", "worker", "--token-file", str(token_file)]
+        self.worker_id = str(settings.pop("worker_id", f"{log_path.stem}-{secrets.token_hex(3)}"))
+        credential_file = worker_token_file(token_file, self.worker_id)
+        argv = [sys.executable, "-m", "worker", "--worker-id", self.worker_id, "--token-file", str(credential_file)]
         for url in servers:
             argv += ["--server", url]
         self.log_path = log_path

@@ -52,11 +52,14 @@ class HttpError(Exception):
     """A call that did not get a usable 2xx answer: `url` says which server, `status` what it
     answered (None: nothing), `reason` why in a few words (the message without the where)."""
 
-    def __init__(self, message: str, *, url: str = "", status: int | None = None, reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, url: str = "", status: int | None = None, reason: str | None = None, body: bytes = b""
+    ) -> None:
         super().__init__(message)
         self.url = url
         self.status = status
         self.reason = message if reason is None else reason
+        self.body = body  # the answer's body, when there was one (a 409 lists what it refused)
 
 
 class Refused(HttpError):
@@ -165,11 +168,11 @@ def check(answer: Answer, what: str) -> Answer:
     reason = f"HTTP {status}: {error_message(answer.body)}"
     message = f"{what}: {reason}"
     if status == 404:
-        raise NotFound(message, url=answer.url, status=status, reason=reason)
+        raise NotFound(message, url=answer.url, status=status, reason=reason, body=answer.body)
     if status in (401, 403):
-        raise Unauthorized(message, url=answer.url, status=status, reason=reason)
+        raise Unauthorized(message, url=answer.url, status=status, reason=reason, body=answer.body)
     if 400 <= status < 500 and status not in (408, 429):
-        raise Refused(message, url=answer.url, status=status, reason=reason)
+        raise Refused(message, url=answer.url, status=status, reason=reason, body=answer.body)
     not_done = status in NOT_DONE_STATUSES
     raise Unavailable(
         message,

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import os
 import tomllib
+import types
 import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ def _converter(annotation: Any) -> tuple[Callable[[str], Any], bool]:
     if origin is list:
         (inner,) = typing.get_args(annotation)
         return _converter(inner)[0], True
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if origin is typing.Union or origin is types.UnionType:
         inner = [a for a in typing.get_args(annotation) if a is not type(None)]
         parse, is_list = _converter(inner[0])
         return (lambda s: None if s == "" else parse(s)), is_list

@@ -32,8 +32,14 @@ def unpack_lease(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
         header = json.loads(data[_LENGTH.size : _LENGTH.size + head_len])
         offset = _LENGTH.size + head_len
         bodies = []
-        for job in header["jobs"]:
-            end = offset + int(job["size"])
+        jobs = header["jobs"]
+        if not isinstance(jobs, list):
+            raise ProtocolError("lease header jobs is not a list")
+        for job in jobs:
+            size = job["size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise ProtocolError(f"bad job size {size!r}")
+            end = offset + size
             if end > len(data):
                 raise ProtocolError("lease body shorter than its header says")
             bodies.append(data[offset:end])

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 from aiohttp import web
 
+from server import openapi
 from server.service import Service
-from server.web import RequestUpload, float_param, int_param, json_response
+from server.web import RequestUpload, dumps, float_param, int_param, json_response
 
 SERVICE = web.AppKey("service", Service)
 
@@ -17,10 +21,21 @@ async def enqueue(request: web.Request) -> web.Response:
     return json_response({"work_id": str(work_id)})
 
 
-async def pull_completed(request: web.Request) -> web.Response:
+async def pull_completed(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     top = int_param(request, "top", 1, 1000)
-    return json_response(await service.pull_completed(top))
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+
+    async def respond(items: list[dict[str, Any]]) -> None:
+        body = dumps(items).encode()
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body)
+        await response.write_eof()
+
+    with contextlib.suppress(ConnectionError):  # the client left: its results are pullable again
+        await service.pull_completed(top, respond)
+    return response
 
 
 async def get_work(request: web.Request) -> web.Response:
@@ -30,11 +45,11 @@ async def get_work(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return json_response(request.app[SERVICE].health())
+    return json_response(request.app[SERVICE].health_report())
 
 
 async def status(request: web.Request) -> web.Response:
-    return json_response(await request.app[SERVICE].status())
+    return json_response(await request.app[SERVICE].status(detail=False))
 
 
 def add_routes(app: web.Application) -> None:
@@ -43,3 +58,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/work/{work_id}", get_work)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
+    app.router.add_get("/openapi.json", openapi.serve)

@@ -1,4 +1,5 @@
-"""The aiohttp application and its serving lifecycle (two-phase stop)."""
+"""The aiohttp application and its serving lifecycle (two-phase stop), within the connection and
+request-read bounds of server/limits.py and server/web.py."""
 
 from __future__ import annotations
 
@@ -10,22 +11,31 @@ from collections.abc import Callable
 from aiohttp import web
 
 from server import api, internal
+from server.auth import auth_middleware
 from server.config import ServerSettings
+from server.limits import CONNECTIONS, GuardedAppRunner, limits_middleware, raise_fd_limit
 from server.node import Node
-from server.web import auth_middleware, errors_middleware
+from server.web import BODY_LIMITS, BodyLimits, errors_middleware
 
 log = logging.getLogger(__name__)
 
 HEADROOM = 64 << 10  # internal JSON bodies (batches of results) may be a little larger than a job
-DRAIN_TIMEOUT_S = 60.0
+DRAIN_MARGIN_S = 15.0  # beyond the workers' drain timeout, for the launcher to see them go
 
 
 def build_app(node: Node) -> web.Application:
+    settings = node.settings
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware(node.token)],
-        client_max_size=node.settings.max_body_bytes + HEADROOM,
+        middlewares=[limits_middleware, errors_middleware, auth_middleware(node.secret, node.revocations.__contains__)],
+        client_max_size=settings.max_body_bytes + HEADROOM,
     )
     app[api.SERVICE] = node.service
+    app[BODY_LIMITS] = BodyLimits(
+        read_timeout_s=settings.body_timeout_s,
+        min_bytes_per_s=settings.body_min_bytes_per_s,
+        json_max_bytes=settings.max_body_bytes + HEADROOM,
+    )
+    app[CONNECTIONS] = node.connections
     api.add_routes(app)
     internal.add_routes(app)
     return app
@@ -36,7 +46,10 @@ async def serve(settings: ServerSettings, token: str, ready: Callable[[], None] 
     node = Node(settings, token)
     await node.start()
     app = build_app(node)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    raise_fd_limit(settings.max_connections)
+    runner = GuardedAppRunner(
+        app, app[CONNECTIONS], handle_signals=False, access_log=None, keepalive_timeout=settings.keepalive_s
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     try:
@@ -62,11 +75,12 @@ async def serve(settings: ServerSettings, token: str, ready: Callable[[], None] 
         ready()
     await node.stopped.wait()
     log.info("stopping: no new launches, draining local workers")
+    drain_s = settings.worker_drain_timeout_s + DRAIN_MARGIN_S
     try:
-        await asyncio.wait_for(node.drain(), DRAIN_TIMEOUT_S)
+        await asyncio.wait_for(node.drain(), drain_s)
     except TimeoutError:
-        log.warning("workers did not drain within %.0fs", DRAIN_TIMEOUT_S)
+        log.warning("workers did not drain within %.0fs", drain_s)
     await runner.cleanup()
     await node.close()
     log.info("stopped")
-    return 1 if node.fatal else 0
+    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -30,7 +31,9 @@ class ServerSettings:
     # public API limits
     max_body_bytes: int = option(1 << 20, "largest accepted body, bytes (413 above)")
     max_iterations: int = option(100_000_000, "largest accepted iterations (400 above)")
-    max_queued: int = option(100_000, "queued jobs at which enqueue answers 503 with Retry-After")
+    max_queued: int = option(
+        100_000, "queued jobs plus uploads in flight at which enqueue answers 503 with Retry-After"
+    )
     result_ttl_s: float = option(86_400.0, "seconds a finished job's result stays retrievable")
     # leases
     lease_s: float = option(30.0, "seconds a lease lasts without a heartbeat")
@@ -56,6 +59,30 @@ class ServerSettings:
     default_worker_rate: float = option(5e6, "assumed cost units/s of one worker until one is measured")
     max_launches_per_minute: int = option(20, "cap on launches per minute, whatever the policy says")
     peer_timeout_s: float = option(2.0, "timeout of calls to the peer")
+    handout_confirm_s: float = option(
+        30.0, "results reserved for the peer's pullCompleted return to the pool unless confirmed within this"
+    )
+    worker_drain_timeout_s: float = option(
+        60.0, "on stop, how long launched workers may finish running jobs (the server waits this plus a margin)"
+    )
+    max_client_waits: int = option(256, "concurrent GET /work?wait long-polls; beyond, 503 with Retry-After")
+    # connections and slow clients (server/limits.py)
+    header_timeout_s: float = option(
+        10.0, "a request's line and headers must arrive within this many seconds of its first byte, else closed"
+    )
+    body_timeout_s: float = option(
+        10.0, "longest wait for more of a request body, and the grace before body_min_bytes_per_s applies (408)"
+    )
+    body_min_bytes_per_s: float = option(
+        8192.0, "after body_timeout_s, a request body must average at least this many bytes/s (408 below; 0: off)"
+    )
+    keepalive_s: float = option(75.0, "a connection carrying no request (idle, or never sending) is closed after this")
+    max_connections: int = option(
+        1024, "open connections at most; beyond, a canned 503 with Retry-After and the connection is closed"
+    )
+    reserved_connections: int = option(
+        64, "of max_connections, kept for /internal/ (workers, peer): public requests on these get 503"
+    )
     # EC2 launcher
     launch_template: str = option("", "EC2 launch template name for workers (launcher ec2)")
     cluster: str = option("dynwork", "cluster name, the value of the dynwork:cluster tag")
@@ -76,6 +103,13 @@ class ServerSettings:
             raise SettingsError("lease_s must be > 0 and long_poll_max_s >= 0")
         if self.sqlite_synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
             raise SettingsError("sqlite_synchronous must be FULL, NORMAL or EXTRA")
+        for name in ("header_timeout_s", "body_timeout_s", "keepalive_s"):
+            if not 0 < getattr(self, name) < math.inf:  # also refuses nan
+                raise SettingsError(f"{name} must be a finite number > 0")
+        if not 0 <= self.body_min_bytes_per_s < math.inf:
+            raise SettingsError("body_min_bytes_per_s must be a finite number >= 0")
+        if not 0 <= self.reserved_connections < self.max_connections:
+            raise SettingsError("need 0 <= reserved_connections < max_connections")
         if self.launcher == "ec2" and not self.launch_template:
             raise SettingsError("launcher ec2 needs --launch-template")
 

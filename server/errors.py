@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ServiceError(Exception):
     """A request the service will not carry out; answered as JSON `{"error": message}`."""
 
     status = 400
 
-    def __init__(self, message: str, *, retry_after_s: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retry_after_s: int | None = None, details: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after_s = retry_after_s
+        self.details = details or {}  # more fields of the JSON answer
 
 
 class BadRequest(ServiceError):
@@ -24,6 +29,12 @@ class Unauthenticated(ServiceError):
 
 class NotFound(ServiceError):
     status = 404
+
+
+class Conflict(ServiceError):
+    """The request names leases or jobs that are not the caller's; nothing was done."""
+
+    status = 409
 
 
 class TooLarge(ServiceError):

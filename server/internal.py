@@ -1,55 +1,60 @@
-"""The internal API handlers (bearer token): workers lease, heartbeat, complete and release;
-peers pull, look up and sync loans. Job bodies travel raw (see common.wire)."""
+"""The internal API handlers (see server/auth.py for who may call which): workers lease,
+heartbeat, complete and release; the peer pulls, confirms, looks up and syncs; the operator reads
+the detailed status. Job bodies travel raw (see common.wire)."""
 
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any
 
 from aiohttp import web
 
-from common.wire import LEASE_CONTENT_TYPE, WORKER_ID_HEADER, pack_lease
+from common.wire import LEASE_CONTENT_TYPE, pack_lease
 from server.api import SERVICE
+from server.auth import identity
 from server.errors import BadRequest, NotFound
-from server.service import LeaseGrant
+from server.service import Entry, LeaseGrant
 from server.web import float_param, int_param, json_response, read_json
 
-MAX_WORKER_ID = 128
+DIGEST_HEX = re.compile(r"[0-9a-f]{128}")
+MAX_ENTRIES = 100_000
+MAX_LEASE_ID = 64
 
 
-def worker_id(request: web.Request) -> str:
-    value = request.headers.get(WORKER_ID_HEADER, "")
-    if not 0 < len(value) <= MAX_WORKER_ID or not value.isprintable():
-        raise BadRequest(f"missing or bad {WORKER_ID_HEADER} header")
-    return value
+def entries(body: dict[str, Any], key: str, value_key: str | None = None) -> list[Entry]:
+    """body[key] as report entries: objects with a work_id and a lease_id (and value_key)."""
+    raw = body.get(key, [])
+    if not isinstance(raw, list) or len(raw) > MAX_ENTRIES:
+        raise BadRequest(f"{key} must be a list of at most {MAX_ENTRIES} entries")
+    found = []
+    for item in raw:
+        ok = (
+            isinstance(item, dict)
+            and isinstance(item.get("work_id"), str)
+            and isinstance(item.get("lease_id"), str)
+            and 0 < len(item["lease_id"]) <= MAX_LEASE_ID
+            and (value_key is None or isinstance(item.get(value_key), str))
+        )
+        if not ok:
+            what = f", lease_id and {value_key}" if value_key else " and lease_id"
+            raise BadRequest(f"each entry of {key} must be an object with string work_id{what}")
+        found.append(Entry(item["work_id"], item["lease_id"], item.get(value_key) if value_key else None))
+    return found
 
 
-def pairs(body: dict[str, Any], key: str, what: str) -> list[tuple[str, str]]:
-    """A list of [string, string] pairs from the body (missing: empty)."""
-    value = body.get(key, [])
-    if not isinstance(value, list) or not all(
-        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], str) for p in value
-    ):
-        raise BadRequest(f"{key} must be a list of [work_id, {what}] pairs")
-    return [(p[0], p[1]) for p in value]
-
-
-def digests(results: list[tuple[str, str]]) -> list[tuple[str, bytes]]:
+def digests(results: list[Entry]) -> list[Entry]:
+    """Each result's digest as bytes: exactly 128 lower-case hex characters, nothing else."""
     parsed = []
-    for work_id, digest_hex in results:
-        try:
-            digest = bytes.fromhex(digest_hex)
-        except ValueError:
-            digest = b""
-        if len(digest) != 64:
-            raise BadRequest("a result must be a 64-byte digest in 128 hex characters")
-        parsed.append((work_id, digest))
+    for entry in results:
+        if not DIGEST_HEX.fullmatch(entry.value):
+            raise BadRequest("a result must be a 64-byte digest in 128 lower-case hex characters")
+        parsed.append(Entry(entry.work_id, entry.lease_id, bytes.fromhex(entry.value)))
     return parsed
 
 
 async def lease(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
-    worker = worker_id(request)
     max_jobs = int_param(request, "max", 1, 1_000_000)
     wait_s = float_param(request, "wait", 0.0, service.settings.long_poll_max_s, 0.0)
     response = web.StreamResponse(headers={"Content-Type": LEASE_CONTENT_TYPE})
@@ -57,7 +62,10 @@ async def lease(request: web.Request) -> web.StreamResponse:
     async def deliver(grant: LeaseGrant) -> None:
         header = {
             "lease_s": grant.lease_s,
-            "jobs": [{"work_id": str(j.work_id), "iterations": j.iterations, "size": len(j.body)} for j in grant.jobs],
+            "jobs": [
+                {"work_id": str(j.work_id), "lease_id": j.lease_id, "iterations": j.iterations, "size": len(j.body)}
+                for j in grant.jobs
+            ],
         }
         chunks = pack_lease(header, [j.body for j in grant.jobs])
         response.content_length = sum(len(c) for c in chunks)
@@ -69,43 +77,48 @@ async def lease(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
 
     with contextlib.suppress(ConnectionError):  # the jobs went back to the queue; nobody is left to answer
-        await service.lease(worker, max_jobs, wait_s, deliver)
+        await service.lease(identity(request).worker, max_jobs, wait_s, deliver)
     return response
 
 
 async def complete(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    worker = worker_id(request)
     body = await read_json(request)
-    results = digests(pairs(body, "results", "128 hex chars"))
-    failures = pairs(body, "failures", "message")
-    return json_response(await service.complete(worker, results, failures, body.get("stats")))
+    results = digests(entries(body, "results", "result"))
+    failures = entries(body, "failures", "error")
+    return json_response(await service.complete(identity(request).worker, results, failures, body.get("stats")))
 
 
 async def heartbeat(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    worker = worker_id(request)
     body = await read_json(request)
-    return json_response(service.heartbeat(worker, body.get("work_ids", []), body.get("stats")))
+    return json_response(service.heartbeat(identity(request).worker, entries(body, "leases"), body.get("stats")))
 
 
 async def release(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    worker = worker_id(request)
     body = await read_json(request)
-    return json_response(await service.release(worker, body.get("work_ids", []), body.get("stats")))
+    return json_response(await service.release(identity(request).worker, entries(body, "leases"), body.get("stats")))
 
 
 async def peer_pull(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
-    return json_response(await service.peer_pull(int_param(request, "top", 1, 1000)))
+    return json_response(await service.peer_reserve(int_param(request, "top", 1, 1000)))
+
+
+async def peer_confirm(request: web.Request) -> web.Response:
+    service = request.app[SERVICE]
+    handout = (await read_json(request)).get("handout")
+    if not isinstance(handout, str) or not 0 < len(handout) <= 64:
+        raise BadRequest("handout must be a hand-out id")
+    return json_response(await service.peer_confirm(handout))
 
 
 async def peer_work(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     wait_s = float_param(request, "wait", 0.0, service.settings.long_poll_max_s, 0.0)
     try:
-        return json_response(await service.peer_work(request.match_info["work_id"], wait_s))
+        return json_response(await service.own_work(request.match_info["work_id"], wait_s))
     except NotFound:
         raise NotFound("unknown work id") from None
 
@@ -113,10 +126,16 @@ async def peer_work(request: web.Request) -> web.Response:
 async def peer_sync(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     body = await read_json(request)
-    want, in_use = body.get("want_borrow", 0), body.get("in_use", 0)
-    if not isinstance(want, int) or not isinstance(in_use, int) or isinstance(want, bool) or isinstance(in_use, bool):
-        raise BadRequest("want_borrow and in_use must be integers")
-    return json_response(service.sync_loans(want, in_use))
+    want, in_use, revoked = body.get("want_borrow", 0), body.get("in_use", 0), body.get("revoked", [])
+    if any(not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 1_000_000 for v in (want, in_use)):
+        raise BadRequest("want_borrow and in_use must be integers 0..1000000")
+    if not isinstance(revoked, list) or len(revoked) > 10_000 or not all(isinstance(w, str) for w in revoked):
+        raise BadRequest("revoked must be a list of worker ids")
+    return json_response(await service.sync_loans(want, in_use, revoked))
+
+
+async def operator_status(request: web.Request) -> web.Response:
+    return json_response(await request.app[SERVICE].status(detail=True))
 
 
 def add_routes(app: web.Application) -> None:
@@ -125,5 +144,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/internal/heartbeat", heartbeat)
     app.router.add_post("/internal/release", release)
     app.router.add_post("/internal/peer/pull", peer_pull)
+    app.router.add_post("/internal/peer/confirm", peer_confirm)
     app.router.add_get("/internal/peer/work/{work_id}", peer_work)
     app.router.add_post("/internal/peer/sync", peer_sync)
+    app.router.add_get("/internal/status", operator_status)

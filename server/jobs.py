@@ -34,8 +34,9 @@ class Job:
     nonce: str
     iterations: int
     size: int
-    enqueued_at: float
+    enqueued_at: float  # wall clock, shown to people
     attempts: int = 0
+    waiting_since: float = 0.0  # monotonic: when it was last queued (its wait is a duration)
 
     @property
     def cost(self) -> int:
@@ -60,6 +61,7 @@ class JobRecord:
     completed_at: float | None
     result: bytes | None
     error: str | None
+    lease_id: str | None = None  # the current lease while running
 
     def work_id(self, server: str) -> WorkId:
         return WorkId(server, self.seq, self.nonce)

@@ -1,19 +1,31 @@
-"""One server's parts wired together, and every background loop supervised."""
+"""One server's parts wired together, and every background loop supervised.
+
+A background loop that meets an error logs it, names it in /healthz and /status (degraded),
+backs off and carries on: nothing that comes from outside (a full disk, a peer answering
+nonsense, the cloud refusing calls) stops the server. Only an explicit stop (SIGTERM) does; a
+loop that returns or a programming error that keeps a loop from even starting is reported the
+same way and retried.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
-import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from common.http import HttpError
+from common.credentials import Role, derive
+from server import status
+from server.clock import SYSTEM_CLOCK, Clock
 from server.config import ServerSettings
+from server.handouts import Handouts
+from server.health import Health
 from server.launchers.base import Launcher
+from server.limits import ConnectionLimits, Connections
 from server.loans import Loans
 from server.peer import SYNC_INTERVAL_S, PeerClient
+from server.peering import Peering, Revocations
 from server.registry import Registry
 from server.scaling.autoscaler import Autoscaler
 from server.scaling.guard import LaunchGuard
@@ -25,14 +37,15 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
 TTL_SWEEP_INTERVAL_S = 60.0
-PEER_SILENT_S = 30.0  # quota lent to a peer that stopped syncing comes back after this
+BACKOFF_MAX_S = 30.0
+FORGET_WORKERS_AFTER = 4  # registry entries of workers silent this many worker_dead_s are dropped
 
 
 def make_launcher(settings: ServerSettings) -> Launcher | None:
     if settings.launcher == "local":
         from server.launchers.local import LocalLauncher
 
-        return LocalLauncher(settings.token_file, settings.state_dir / "workers")
+        return LocalLauncher(settings.state_dir / "workers", drain_timeout_s=settings.worker_drain_timeout_s)
     if settings.launcher == "ec2":
         from server.launchers.ec2 import Ec2Launcher  # boto3 is only imported where it is used
 
@@ -41,19 +54,24 @@ def make_launcher(settings: ServerSettings) -> Launcher | None:
 
 
 class Node:
-    def __init__(self, settings: ServerSettings, token: str) -> None:
+    def __init__(self, settings: ServerSettings, secret: str, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
         self.name = settings.server_name
-        self.token = token
+        self.secret = secret
+        self.clock = clock
+        self.health = Health(clock)
         self.store = Store(settings.state_dir / "dynwork.sqlite3", synchronous=settings.sqlite_synchronous)
-        self.scheduler = Scheduler(self.store, lease_s=settings.lease_s, max_attempts=settings.max_attempts)
-        self.registry = Registry()
-        self.peer = PeerClient(settings.peer, token, settings.peer_timeout_s) if settings.peer else None
+        self.scheduler = Scheduler(
+            self.store, lease_s=settings.lease_s, max_attempts=settings.max_attempts, clock=clock
+        )
+        self.registry = Registry(clock.mono)
+        self.peer = (
+            PeerClient(settings.peer, derive(secret, Role.PEER), settings.peer_timeout_s) if settings.peer else None
+        )
         self.launcher = make_launcher(settings)
         self.loans = Loans(settings.max_workers if self.launcher else 0)
-        self.guard = LaunchGuard(
-            max_per_minute=settings.max_launches_per_minute, clock=time.monotonic, rng=random.random
-        )
+        self.revocations = Revocations(self.store, clock)
+        self.guard = LaunchGuard(max_per_minute=settings.max_launches_per_minute, clock=clock.mono, rng=random.random)
         servers = (settings.url,) + ((settings.peer.rstrip("/"),) if settings.peer else ())
         self.autoscaler = (
             Autoscaler(
@@ -64,25 +82,45 @@ class Node:
                 guard=self.guard,
                 loans=self.loans,
                 servers=servers,
-                token=token,
+                secret=secret,
+                on_reap=self.revocations.revoke,
+                clock=clock.mono,
             )
             if self.launcher
             else None
         )
+        self.peering = Peering(
+            self.name,
+            loans=self.loans,
+            revocations=self.revocations,
+            store=self.store,
+            peer=self.peer,
+            fleet=self.autoscaler,
+        )
+        self.handouts = Handouts(self.store, self.name, self.peer, confirm_s=settings.handout_confirm_s, clock=clock)
         self.service = Service(
             settings,
             store=self.store,
             scheduler=self.scheduler,
             registry=self.registry,
-            loans=self.loans,
+            handouts=self.handouts,
             peer=self.peer,
-            fleet=self.autoscaler,
-            launcher=self.launcher,
-            guard=self.guard if self.launcher else None,
+            health=self.health,
+            peering=self.peering,
+            report=self._report,
         )
-        self.stopped = asyncio.Event()  # set when the server must stop (signal or a dead loop)
-        self.fatal: BaseException | None = None
+        self.connections = Connections(
+            ConnectionLimits(
+                max_connections=settings.max_connections,
+                reserved_connections=settings.reserved_connections,
+                header_timeout_s=settings.header_timeout_s,
+            )
+        )
+        self.stopped = asyncio.Event()  # set when the server must stop (a signal)
         self._tasks: list[asyncio.Task[None]] = []
+
+    async def _report(self, detail: bool) -> dict[str, Any]:
+        return status.report(self, detail=detail)
 
     @property
     def closing(self) -> bool:
@@ -94,33 +132,59 @@ class Node:
         await self.store.start()
         await self.store.check_identity(self.name)
         await self.scheduler.load()
+        await self.revocations.load()
+        await self.peering.load()
         if self.peer:
             await self.peer.start()
         if self.launcher:
             await self.launcher.start()
-            for name, loop in self.launcher.loops().items():
-                self._supervise(name, loop)
-        self._supervise("lease-sweeper", self._sweep_loop())
+            for name, (step, every_s) in self.launcher.loops().items():
+                self._supervise(name, step, every_s=every_s)
+        self._supervise("lease sweep", self._sweep, every_s=SWEEP_INTERVAL_S)
+        self._supervise("result expiry", self._expire_results, every_s=TTL_SWEEP_INTERVAL_S)
         if self.autoscaler:
-            self._supervise("autoscaler", self.autoscaler.run())
+            self._supervise("autoscaler", self.autoscaler.tick, every_s=self.settings.scale_interval_s)
         if self.peer:
-            self._supervise("peer-sync", self._peer_loop(self.peer))
+            self._supervise("peer sync", self.peering.sync_once, every_s=SYNC_INTERVAL_S)
+            self._supervise("hand-out confirmations", self.handouts.confirm_loop)
 
-    def _supervise(self, name: str, coro: Coroutine[Any, Any, None]) -> None:
-        """A background loop that dies takes the server down loudly instead of limping on."""
-        task = asyncio.create_task(coro, name=name)
+    def _supervise(self, name: str, step: Callable[[], Awaitable[None]], *, every_s: float = 0.0) -> None:
+        """Run step() every every_s (or, with 0, as one long-running loop) until the node closes.
 
-        def done(t: asyncio.Task[None]) -> None:
-            if t.cancelled():
-                return
-            exc = t.exception()
-            if exc is not None and not self.closing:
-                log.critical("background loop %s died; stopping the server", name, exc_info=exc)
-                self.fatal = exc
-                self.stopped.set()
+        An error is logged, shown as a problem (degraded) and retried after a back-off that
+        doubles up to BACKOFF_MAX_S; the problem clears at the first step that succeeds."""
 
-        task.add_done_callback(done)
-        self._tasks.append(task)
+        async def supervise() -> None:
+            failures = 0
+            while not self.closing:
+                try:
+                    await step()
+                except Exception as exc:
+                    failures += 1
+                    delay = min(BACKOFF_MAX_S, max(every_s, 0.5) * 2 ** min(failures, 6)) * random.uniform(0.8, 1.2)
+                    summary = type(exc).__name__
+                    log.warning(
+                        "%s failed (%d in a row; retrying in %.1fs): %s: %s",
+                        name,
+                        failures,
+                        delay,
+                        summary,
+                        exc,
+                        exc_info=failures == 1,
+                    )
+                    self.health.failing(name, summary, str(exc))
+                    await asyncio.sleep(delay)
+                    continue
+                if failures:
+                    log.info("%s recovered after %d failure(s)", name, failures)
+                    failures = 0
+                    self.health.recovered(name)
+                if every_s <= 0:  # a long-running loop that returned: start it again
+                    await asyncio.sleep(1.0)
+                else:
+                    await asyncio.sleep(every_s)
+
+        self._tasks.append(asyncio.create_task(supervise(), name=name))
 
     async def drain(self) -> None:
         """First phase of a stop, while still serving: no launches, local workers drain."""
@@ -141,28 +205,20 @@ class Node:
             await self.peer.close()
         await self.store.close()
 
-    # -- background loops ------------------------------------------------------------------
-    async def _sweep_loop(self) -> None:
-        next_ttl = 0.0
-        while True:
-            await self.scheduler.expire()
-            self.loans.expire_lent(PEER_SILENT_S)
-            now = time.time()
-            if now >= next_ttl:
-                removed = await self.store.expire_results(now - self.settings.result_ttl_s)
-                if removed:
-                    log.info("dropped %d results older than %.0fs", removed, self.settings.result_ttl_s)
-                next_ttl = now + TTL_SWEEP_INTERVAL_S
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+    # -- background steps ------------------------------------------------------------------
+    async def _sweep(self) -> None:
+        await self.scheduler.expire()
+        await self.handouts.expire()
+        forgotten = self.registry.prune(FORGET_WORKERS_AFTER * self.settings.worker_dead_s)
+        if forgotten:
+            log.info(
+                "forgot %d worker(s) silent for %.0fs",
+                len(forgotten),
+                FORGET_WORKERS_AFTER * self.settings.worker_dead_s,
+            )
+        await self.revocations.save()
 
-    async def _peer_loop(self, peer: PeerClient) -> None:
-        while True:
-            wanted = self.autoscaler.wanted if self.autoscaler else 0
-            have = self.autoscaler.fleet_size() if self.autoscaler else 0
-            try:
-                self.loans.borrowed = await peer.sync({"name": self.name, **self.loans.borrow_request(wanted, have)})
-            except HttpError:
-                # Keep only what running workers use; ask again when the peer is back.
-                in_use = have - (self.loans.max_workers - self.loans.lent)
-                self.loans.borrowed = max(0, min(self.loans.borrowed, in_use))
-            await asyncio.sleep(SYNC_INTERVAL_S)
+    async def _expire_results(self) -> None:
+        removed = await self.store.expire_results(self.clock.steady_wall() - self.settings.result_ttl_s)
+        if removed:
+            log.info("dropped %d results older than %.0fs", removed, self.settings.result_ttl_s)

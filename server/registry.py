@@ -1,4 +1,4 @@
-"""What the server knows of workers: who reported when, how fast they are, whether busy."""
+"""What the server knows of workers: who reported when (monotonic), how fast they are, whether busy."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ MAX_RATE = 1e12
 
 
 class Registry:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.workers: dict[str, WorkerInfo] = {}
 
@@ -53,6 +53,19 @@ class Registry:
 
     def forget(self, worker_id: str) -> None:
         self.workers.pop(worker_id, None)
+
+    def refresh_all(self) -> None:
+        """Count every known worker as heard from now (after this process itself was paused)."""
+        now = self.clock()
+        for info in self.workers.values():
+            info.last_seen = now
+
+    def prune(self, silent_s: float) -> list[str]:
+        """Forget workers silent for silent_s (whoever launched them); their ids."""
+        gone = [w.worker_id for w in self.silent_for(silent_s)]
+        for worker_id in gone:
+            del self.workers[worker_id]
+        return gone
 
     def rate(self, default: float) -> float:
         rates = [w.rate for w in self.workers.values() if w.rate]

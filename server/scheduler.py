@@ -2,6 +2,11 @@
 
 The store is the truth on disk; this is its in-memory index, rebuilt from the store at start.
 Every state change is written to the store before anyone outside is told about it.
+
+A lease is a capability: each hand-out of a job to a worker gets an unguessable lease id, and
+only that worker, naming that id, can extend, release or fail it. Every lease id issued for an
+unfinished job is remembered (`grants`), so a late result from an earlier holder of the job can
+still be recognised as genuine; see Service.complete for what is accepted.
 """
 
 from __future__ import annotations
@@ -11,12 +16,12 @@ import collections
 import dataclasses
 import heapq
 import logging
-import time
-from collections.abc import Callable
+import secrets
 
 from common.ids import new_nonce
+from server.clock import SYSTEM_CLOCK, Clock
 from server.jobs import Job, Outcome, State
-from server.store import Store
+from server.store import Grant, Store
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +30,27 @@ LEASE_BYTES_MAX = 16 << 20  # one lease response carries at most this much body 
 
 @dataclasses.dataclass
 class Lease:
+    lease_id: str
     job: Job
     worker: str
-    expires: float
+    expires: float  # monotonic
+
+
+def new_lease_id() -> str:
+    return secrets.token_urlsafe(16)
 
 
 class Scheduler:
-    def __init__(
-        self, store: Store, *, lease_s: float, max_attempts: int, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, store: Store, *, lease_s: float, max_attempts: int, clock: Clock = SYSTEM_CLOCK) -> None:
         self.store = store
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.clock = clock
         self.queued: dict[int, Job] = {}
         self._heap: list[int] = []  # seqs, oldest first; entries not in `queued` are stale
-        self.leases: dict[int, Lease] = {}
+        self.leases: dict[int, Lease] = {}  # the current lease of each running job, by seq
+        self.grants: dict[str, Grant] = {}  # every lease id issued for an unfinished job
+        self._grants_of: dict[int, list[str]] = collections.defaultdict(list)  # seq -> its lease ids
         self.backlog_cost = 0
         self._lease_waiters: list[asyncio.Future[None]] = []
         self._done_waiters: dict[int, list[asyncio.Future[None]]] = collections.defaultdict(list)
@@ -49,20 +59,24 @@ class Scheduler:
 
     # -- start-up --------------------------------------------------------------------------
     async def load(self) -> None:
-        """Rebuild the index from disk; jobs that were running get a fresh lease to finish in."""
-        now = self.clock()
-        running = 0
-        for record in await self.store.open_jobs():
-            job = Job(record.seq, record.nonce, record.iterations, record.size, record.enqueued_at, record.attempts)
-            if record.state is State.QUEUED:
+        """Rebuild the index from disk. A job that was running keeps its lease (same id and
+        worker) with a fresh term, so its worker can still report it after this restart."""
+        now = self.clock.mono()
+        records, grants = await self.store.open_jobs()
+        for lease_id, grant in grants:
+            self._remember(lease_id, grant)
+        for r in records:
+            job = Job(r.seq, r.nonce, r.iterations, r.size, r.enqueued_at, r.attempts, waiting_since=now)
+            if r.state is State.QUEUED:
                 self._push(job)
             else:
-                self.leases[job.seq] = Lease(job, worker="(before restart)", expires=now + self.lease_s)
-                running += 1
-        log.info("loaded %d queued and %d running jobs", len(self.queued), running)
+                lease_id = r.lease_id or new_lease_id()
+                self.leases[job.seq] = Lease(lease_id, job, r.worker or "(unknown)", now + self.lease_s)
+        log.info("loaded %d queued and %d running jobs", len(self.queued), len(self.leases))
 
     # -- queue -----------------------------------------------------------------------------
     def _push(self, job: Job) -> None:
+        job.waiting_since = self.clock.mono()
         self.queued[job.seq] = job
         heapq.heappush(self._heap, job.seq)
         self.backlog_cost += job.cost
@@ -91,52 +105,52 @@ class Scheduler:
                 if not fut.done():
                     fut.set_result(None)
 
-    def oldest_wait_s(self, now: float | None = None) -> float:
+    def oldest_wait_s(self) -> float:
+        """How long the job at the head of the queue has waited (monotonic), 0 when none."""
         while self._heap and self._heap[0] not in self.queued:
             heapq.heappop(self._heap)
         if not self._heap:
             return 0.0
-        return max(0.0, (now or self.clock()) - self.queued[self._heap[0]].enqueued_at)
+        return max(0.0, self.clock.mono() - self.queued[self._heap[0]].waiting_since)
 
     async def enqueue(self, body: bytes, iterations: int) -> Job:
         nonce = new_nonce()
-        now = self.clock()
-        seq = await self.store.insert(nonce, iterations, body, now)
-        job = Job(seq, nonce, iterations, len(body), now)
+        enqueued_at = self.clock.wall()
+        seq = await self.store.insert(nonce, iterations, body, enqueued_at)
+        job = Job(seq, nonce, iterations, len(body), enqueued_at)
         self._push(job)
         self._wake_leasers()
         return job
 
     # -- leases ----------------------------------------------------------------------------
-    def _take(self, worker: str, max_jobs: int) -> list[Job]:
-        taken: list[Job] = []
+    def _take(self, worker: str, max_jobs: int) -> list[Lease]:
+        taken: list[Lease] = []
         nbytes = 0
+        expires = self.clock.mono() + self.lease_s
         while len(taken) < max_jobs:
-            if (
-                taken
-                and self._heap
-                and self._heap[0] in self.queued
-                and nbytes + self.queued[self._heap[0]].size > LEASE_BYTES_MAX
-            ):
+            head = self.queued.get(self._heap[0]) if self._heap else None
+            if taken and head is not None and nbytes + head.size > LEASE_BYTES_MAX:
                 break
             job = self._pop()
             if job is None:
                 break
             job.attempts += 1
-            self.leases[job.seq] = Lease(job, worker, self.clock() + self.lease_s)
-            taken.append(job)
+            lease = Lease(new_lease_id(), job, worker, expires)
+            self.leases[job.seq] = lease
+            self._remember(lease.lease_id, Grant((job.seq, worker)))
+            taken.append(lease)
             nbytes += job.size
         return taken
 
-    async def lease(self, worker: str, max_jobs: int, wait_s: float) -> list[tuple[Job, bytes]]:
+    async def lease(self, worker: str, max_jobs: int, wait_s: float) -> list[tuple[Lease, bytes]]:
         """Up to max_jobs oldest jobs with their bodies; waits up to wait_s for work to arrive."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
         while True:
             if self.closing:
                 return []
-            jobs = self._take(worker, max_jobs)
-            if jobs:
+            taken = self._take(worker, max_jobs)
+            if taken:
                 break
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -151,54 +165,61 @@ class Scheduler:
                 if fut in self._lease_waiters:
                     self._lease_waiters.remove(fut)
         try:
-            bodies = self.store.lease([j.seq for j in jobs], worker)
+            bodies = self.store.lease([(lease.job.seq, lease.lease_id) for lease in taken], worker)
         except BaseException:
-            self._unlease(jobs, worker)  # nothing was handed out
+            self.release_now(taken)  # nothing was handed out
             raise
         handed = []
-        for job in jobs:
-            if job.seq in bodies:
-                handed.append((job, bodies[job.seq]))
-            else:  # finished meanwhile (a late result of an earlier lease)
-                self._drop_lease(job.seq, worker)
+        for lease in taken:
+            if lease.job.seq in bodies:
+                handed.append((lease, bodies[lease.job.seq]))
+            elif self.leases.get(lease.job.seq) is lease:  # finished meanwhile (a late result)
+                del self.leases[lease.job.seq]
         return handed
 
-    def _unlease(self, jobs: list[Job], worker: str) -> None:
-        for job in jobs:
-            lease = self.leases.get(job.seq)
-            if lease is not None and lease.worker == worker:
-                del self.leases[job.seq]
-                job.attempts -= 1
-                self._push(job)
+    def release_now(self, leases: list[Lease]) -> None:
+        """Put back jobs whose lease never reached the worker (in memory: nothing was recorded)."""
+        for lease in leases:
+            if self.leases.get(lease.job.seq) is lease:
+                del self.leases[lease.job.seq]
+                lease.job.attempts -= 1
+                self._push(lease.job)
         self._wake_leasers()
 
-    def _drop_lease(self, seq: int, worker: str) -> None:
-        lease = self.leases.get(seq)
-        if lease is not None and lease.worker == worker:
-            del self.leases[seq]
+    def _remember(self, lease_id: str, grant: Grant) -> None:
+        self.grants[lease_id] = grant
+        self._grants_of[grant.seq].append(lease_id)
+
+    def current(self, seq: int) -> Lease | None:
+        return self.leases.get(seq)
+
+    def grant(self, lease_id: str) -> Grant | None:
+        """Who the lease id was issued to (remembered for unfinished jobs, else from the store)."""
+        return self.grants.get(lease_id) or self.store.grant(lease_id)
+
+    def nonce(self, seq: int) -> str | None:
+        """The nonce of an unfinished job (None when it is not in the index)."""
+        job = self.queued.get(seq)
+        if job is None and (lease := self.leases.get(seq)) is not None:
+            job = lease.job
+        return None if job is None else job.nonce
 
     def held_by(self, worker: str) -> list[int]:
         return [seq for seq, lease in self.leases.items() if lease.worker == worker]
 
-    def heartbeat(self, worker: str, seqs: list[int]) -> list[int]:
-        """Extend this worker's leases; returns the seqs it no longer holds."""
-        expires = self.clock() + self.lease_s
-        lost = []
-        for seq in seqs:
-            lease = self.leases.get(seq)
-            if lease is not None and lease.worker == worker:
-                lease.expires = expires
-            else:
-                lost.append(seq)
-        return lost
+    def extend(self, leases: list[Lease]) -> None:
+        """A heartbeat: these leases get a fresh term."""
+        expires = self.clock.mono() + self.lease_s
+        for lease in leases:
+            lease.expires = expires
 
-    async def release(self, worker: str, seqs: list[int]) -> int:
+    async def release(self, leases: list[Lease]) -> int:
         """Give jobs back unstarted (a draining worker): requeued without counting the attempt."""
-        mine = [seq for seq in seqs if seq in self.leases and self.leases[seq].worker == worker]
-        await self.store.requeue(mine, refund_attempt=True)
-        for seq in mine:
-            lease = self.leases.pop(seq, None)
-            if lease is not None:
+        mine = [lease for lease in leases if self.leases.get(lease.job.seq) is lease]
+        await self.store.requeue([lease.job.seq for lease in mine], refund_attempt=True)
+        for lease in mine:
+            if self.leases.get(lease.job.seq) is lease:
+                del self.leases[lease.job.seq]
                 lease.job.attempts = max(0, lease.job.attempts - 1)
                 self._push(lease.job)
         if mine:
@@ -208,9 +229,8 @@ class Scheduler:
     async def expire(self, *, worker: str | None = None) -> tuple[int, int]:
         """Requeue leases that expired (or all of `worker`'s); fail jobs out of attempts.
 
-        Returns (requeued, failed).
-        """
-        now = self.clock()
+        Returns (requeued, failed)."""
+        now = self.clock.mono()
         victims = [
             lease
             for lease in self.leases.values()
@@ -231,11 +251,8 @@ class Scheduler:
                 self._push(lease.job)
         if retry:
             self._wake_leasers()
-            log.info(
-                "requeued %d jobs whose leases %s",
-                len(retry),
-                f"were held by silent worker {worker}" if worker else "expired",
-            )
+            why = f"were held by silent worker {worker}" if worker else "expired"
+            log.info("requeued %d jobs whose leases %s", len(retry), why)
         return len(retry), len(exhausted)
 
     # -- results ---------------------------------------------------------------------------
@@ -243,34 +260,30 @@ class Scheduler:
         """Record results; first result wins. Returns how many were new."""
         return len(await self._finish([Outcome(seq, result) for seq, result in results], worker))
 
-    async def fail_attempt(self, worker: str, failures: list[tuple[int, str]]) -> int:
-        """A worker could not compute these: retry elsewhere, or fail once out of attempts."""
-        final = [
-            Outcome(seq, None, f"worker error: {error}")
-            for seq, error in failures
-            if seq in self.leases and self.leases[seq].job.attempts >= self.max_attempts
-        ]
-        retry = [
-            seq
-            for seq, _ in failures
-            if seq in self.leases
-            and self.leases[seq].worker == worker
-            and self.leases[seq].job.attempts < self.max_attempts
-        ]
-        done = await self._finish(final, worker) if final else []
+    async def fail_attempt(self, failures: list[tuple[Lease, str]]) -> int:
+        """The holders of these (current) leases could not compute them: retry, or fail the job
+        once out of attempts. Returns how many jobs failed for good."""
+        current = [(lease, error) for lease, error in failures if self.leases.get(lease.job.seq) is lease]
+        final = [(lease, e) for lease, e in current if lease.job.attempts >= self.max_attempts]
+        retry = [lease for lease, _ in current if lease.job.attempts < self.max_attempts]
+        done = []
+        for lease, error in final:
+            done += await self._finish([Outcome(lease.job.seq, None, f"worker error: {error}")], lease.worker)
         if retry:
-            await self.store.requeue(retry)
-            for seq in retry:
-                lease = self.leases.pop(seq, None)
-                if lease is not None:
+            await self.store.requeue([lease.job.seq for lease in retry])
+            for lease in retry:
+                if self.leases.get(lease.job.seq) is lease:
+                    del self.leases[lease.job.seq]
                     self._push(lease.job)
             self._wake_leasers()
         return len(done)
 
     async def _finish(self, outcomes: list[Outcome], worker: str | None) -> list[int]:
-        now = self.clock()
-        done = await self.store.finish(outcomes, worker, now)
+        done = await self.store.finish(outcomes, worker, self.clock.wall())
+        now = self.clock.mono()
         for seq in done:
+            for lease_id in self._grants_of.pop(seq, ()):
+                self.grants.pop(lease_id, None)
             self.leases.pop(seq, None)
             job = self.queued.pop(seq, None)
             if job is not None:
@@ -299,7 +312,7 @@ class Scheduler:
                     del self._done_waiters[seq]
 
     def jobs_per_s(self, window_s: float = 10.0) -> float:
-        cutoff = self.clock() - window_s
+        cutoff = self.clock.mono() - window_s
         times = self._finish_times
         while times and times[0] < cutoff:
             times.popleft()

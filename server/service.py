@@ -1,16 +1,22 @@
 """The service: every operation of the public, worker and peer APIs, behind the HTTP handlers.
 
 Handlers parse a request, call one method here and render what it returns. This is the one place
-that admits work, formats and parses work ids, and calls the store, the scheduler, the worker
-registry and the peer. The data path reads top to bottom: `enqueue` stores a job and queues it,
-`lease` hands it to a worker with its body, `complete` records the digest, `pull_completed`
-hands the result out once.
+that admits work, formats and parses work ids, checks leases, and calls the store, the scheduler,
+the worker registry and the peer. The data path reads top to bottom: `enqueue` stores a job and
+queues it, `lease` hands it to a worker with its body and a lease id, `complete` records the
+digest, `pull_completed` (server/handouts.py) hands the result out.
+
+Reports name leases: every entry of complete / heartbeat / release carries the full work id
+(nonce included) and a lease id issued to the reporting worker for that job. A request with any
+entry that does not is refused whole (409, each bad entry listed) and changes nothing. A result
+from an earlier holder of a job whose lease has since expired is still accepted while the job is
+unfinished (the digest is the same whoever computes it, and only that worker could name the lease
+id); failures and releases count only from the current holder.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,16 +26,15 @@ from common.http import HttpError
 from common.http import NotFound as PeerNotFound
 from common.ids import WorkId
 from server.config import ServerSettings
-from server.errors import BadRequest, NotFound, TooLarge, Unavailable
-from server.jobs import State
-from server.launchers.base import Launcher
-from server.loans import Loans
+from server.errors import Conflict, NotFound, TooLarge, Unavailable
+from server.handouts import Handouts, Respond
+from server.health import Health
 from server.peer import PeerClient
+from server.peering import Peering
 from server.registry import Registry
-from server.scaling.guard import LaunchGuard
-from server.scheduler import Scheduler
+from server.scheduler import Lease, Scheduler
 from server.store import Store
-from server.views import finished_item, work_status
+from server.views import work_status
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +49,10 @@ class Upload(Protocol):
     async def read(self, limit: int) -> bytes: ...
 
 
-class Fleet(Protocol):
-    """What the service needs of the autoscaler: the fleet size it wants and has, and its state."""
-
-    wanted: int
-
-    def fleet_size(self) -> int: ...
-
-    def status(self) -> dict[str, Any]: ...
-
-
 @dataclasses.dataclass(frozen=True)
 class LeasedJob:
     work_id: WorkId
+    lease_id: str
     iterations: int
     body: bytes
 
@@ -70,6 +66,15 @@ class LeaseGrant:
 Deliver = Callable[[LeaseGrant], Awaitable[None]]
 
 
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One entry of a worker's report: which job, under which lease, and what it says."""
+
+    work_id: str
+    lease_id: str
+    value: Any = None  # the digest (complete), the error text (failures), nothing otherwise
+
+
 class Service:
     def __init__(
         self,
@@ -78,35 +83,25 @@ class Service:
         store: Store,
         scheduler: Scheduler,
         registry: Registry,
-        loans: Loans,
+        handouts: Handouts,
         peer: PeerClient | None,
-        fleet: Fleet | None = None,
-        launcher: Launcher | None = None,
-        guard: LaunchGuard | None = None,
+        health: Health,
+        peering: Peering,
+        report: Callable[[bool], Awaitable[dict[str, Any]]],
     ) -> None:
         self.settings = settings
         self.name = settings.server_name
         self.store = store
         self.scheduler = scheduler
         self.registry = registry
-        self.loans = loans
+        self.handouts = handouts
         self.peer = peer
-        self.fleet = fleet
-        self.launcher = launcher
-        self.guard = guard
+        self.health = health
+        self.peering = peering
+        self.report = report
         self.closing = False
-
-    # -- work ids --------------------------------------------------------------------------
-    def _own(self, work_id: object) -> WorkId | None:
-        """The parsed id when it names a job of this server."""
-        parsed = WorkId.parse(work_id) if isinstance(work_id, str) else None
-        return parsed if parsed is not None and parsed.server == self.name else None
-
-    def _own_seqs(self, work_ids: object) -> dict[int, str]:
-        """seq -> work id for the ids in the list that belong to this server (others are ignored)."""
-        if not isinstance(work_ids, list):
-            raise BadRequest("work_ids must be a list")
-        return {parsed.seq: str(parsed) for w in work_ids if (parsed := self._own(w)) is not None}
+        self.uploading = 0  # enqueues admitted whose bodies are still arriving
+        self.waiting = 0  # clients long-polling GET /work
 
     # -- the public API --------------------------------------------------------------------
     async def enqueue(self, iterations: int, upload: Upload) -> WorkId:
@@ -114,30 +109,41 @@ class Service:
         limit = self.settings.max_body_bytes
         if upload.content_length is not None and upload.content_length > limit:
             raise TooLarge(f"body of {upload.content_length} bytes exceeds the limit of {limit} bytes")
-        if len(self.scheduler.queued) >= self.settings.max_queued:
-            raise Unavailable(f"queue is full ({self.settings.max_queued} jobs waiting); retry later", retry_after_s=2)
         if self.closing:
             raise Unavailable("server is shutting down; use the other server", retry_after_s=1)
-        body = await upload.read(limit)
-        job = await self.scheduler.enqueue(body, iterations)
+        # Uploads in flight count against the queue limit, so concurrent ones cannot overshoot it.
+        if len(self.scheduler.queued) + self.uploading >= self.settings.max_queued:
+            raise Unavailable(f"queue is full ({self.settings.max_queued} jobs waiting); retry later", retry_after_s=2)
+        self.uploading += 1
+        try:
+            body = await upload.read(limit)
+            job = await self.scheduler.enqueue(body, iterations)
+        finally:
+            self.uploading -= 1
         return job.work_id(self.name)
 
-    async def pull_completed(self, top: int) -> list[dict[str, Any]]:
-        """Up to `top` finished jobs, newest first, each handed out once: own ones, then the peer's."""
-        items = await self.peer_pull(top)
-        if len(items) < top and self.peer is not None:
-            with contextlib.suppress(HttpError):  # a peer that is down is skipped: its results wait for it
-                items += await self.peer.pull(top - len(items))
-        items.sort(key=lambda item: item["completed_at"] or 0.0, reverse=True)
-        return items
+    async def pull_completed(self, top: int, respond: Respond) -> None:
+        """Hand up to `top` finished jobs to `respond`; see server/handouts.py for the guarantee."""
+        await self.handouts.pull(top, respond)
 
     async def work(self, work_id: str, wait_s: float) -> dict[str, Any]:
         """A job's status from whichever server owns it; long-polls up to wait_s for it to finish."""
         parsed = WorkId.parse(work_id)
         if parsed is None:
             raise NotFound(f"unknown work id {work_id[:80]!r}")
+        if wait_s > 0:
+            if self.waiting >= self.settings.max_client_waits:
+                raise Unavailable("too many clients waiting for results; retry later", retry_after_s=1)
+            self.waiting += 1
+            try:
+                return await self._work(parsed, work_id, wait_s)
+            finally:
+                self.waiting -= 1
+        return await self._work(parsed, work_id, wait_s)
+
+    async def _work(self, parsed: WorkId, work_id: str, wait_s: float) -> dict[str, Any]:
         if parsed.server == self.name:
-            return await self.peer_work(work_id, wait_s)
+            return await self.own_work(work_id, wait_s)
         if self.peer is None:
             raise NotFound(f"unknown work id {work_id[:80]!r}")
         try:
@@ -147,63 +153,13 @@ class Service:
         except HttpError:
             raise Unavailable(f"the server owning {work_id} is unreachable; retry later", retry_after_s=5) from None
 
-    def health(self) -> dict[str, Any]:
-        if self.closing:
-            raise Unavailable("shutting down")
-        return {"ok": True, "server": self.name}
-
-    # -- the worker API --------------------------------------------------------------------
-    async def lease(self, worker: str, max_jobs: int, wait_s: float, deliver: Deliver) -> None:
-        """Hand up to max_jobs to the worker through `deliver`; what it fails to deliver goes back."""
-        self.registry.touch(worker)
-        # A worker may ask for more than this server hands out at once; it gets the server's maximum.
-        handed = await self.scheduler.lease(worker, min(max_jobs, self.settings.lease_batch_max), wait_s)
-        grant = LeaseGrant(
-            self.settings.lease_s, [LeasedJob(job.work_id(self.name), job.iterations, body) for job, body in handed]
-        )
-        try:
-            await deliver(grant)
-        except (ConnectionError, asyncio.CancelledError):
-            # The worker never got these jobs: put them back now instead of when the lease expires.
-            if handed:
-                await asyncio.shield(self.scheduler.release(worker, [job.seq for job, _ in handed]))
-            raise
-
-    async def complete(
-        self, worker: str, results: Sequence[tuple[str, bytes]], failures: Sequence[tuple[str, str]], stats: object
-    ) -> dict[str, int]:
-        """Record results (first wins) and failed attempts of this server's jobs."""
-        info = self.registry.touch(worker, stats)
-        done = [(p.seq, digest) for work_id, digest in results if (p := self._own(work_id)) is not None]
-        failed = [
-            (p.seq, error[:MAX_ERROR_CHARS]) for work_id, error in failures if (p := self._own(work_id)) is not None
-        ]
-        accepted = await self.scheduler.complete(info.worker_id, done) if done else 0
-        if failed:
-            await self.scheduler.fail_attempt(info.worker_id, failed)
-        return {"accepted": accepted, "duplicates": len(done) - accepted}
-
-    def heartbeat(self, worker: str, work_ids: object, stats: object) -> dict[str, Any]:
-        """Extend the worker's leases; answers the ids it no longer holds."""
-        self.registry.touch(worker, stats)
-        held = self._own_seqs(work_ids)
-        lost = self.scheduler.heartbeat(worker, list(held))
-        return {"lost": [held[seq] for seq in lost], "lease_s": self.settings.lease_s}
-
-    async def release(self, worker: str, work_ids: object, stats: object) -> dict[str, int]:
-        """Take back jobs a draining worker has not started (no attempt counted)."""
-        self.registry.touch(worker, stats)
-        released = await self.scheduler.release(worker, list(self._own_seqs(work_ids)))
-        return {"released": released}
-
-    # -- the peer API ----------------------------------------------------------------------
-    async def peer_pull(self, top: int) -> list[dict[str, Any]]:
-        """This server's own undelivered results (it does not ask its peer: no ping-pong)."""
-        return [finished_item(self.name, record) for record in await self.store.pull(top)]
-
-    async def peer_work(self, work_id: str, wait_s: float) -> dict[str, Any]:
+    async def own_work(self, work_id: str, wait_s: float) -> dict[str, Any]:
+        """The status of one of this server's jobs (also what the peer asks for)."""
         parsed = self._own(work_id)
         if parsed is None:
+            raise NotFound(f"unknown work id {work_id[:80]!r}")
+        # The nonce is checked before any wait: a made-up id gets its 404 at once.
+        if self._nonce(parsed.seq) != parsed.nonce:
             raise NotFound(f"unknown work id {work_id[:80]!r}")
         if wait_s > 0:
             await self.scheduler.wait_finished(parsed.seq, wait_s)
@@ -212,42 +168,114 @@ class Service:
             raise NotFound(f"unknown work id {work_id[:80]!r}")
         return work_status(self.name, record)
 
-    def sync_loans(self, want: int, in_use: int) -> dict[str, Any]:
-        """Lender side of the quota loans: the total the peer may use from now on."""
-        own_have = self.fleet.fleet_size() if self.fleet else 0
-        own_wanted = self.fleet.wanted if self.fleet else 0
-        granted = self.loans.grant(want, in_use, own_have=own_have, own_wanted=own_wanted)
-        return {"name": self.name, "granted": granted, "queued": len(self.scheduler.queued)}
+    def health_report(self) -> dict[str, Any]:
+        if self.closing:
+            raise Unavailable("shutting down")
+        report: dict[str, Any] = {"ok": not self.health.degraded, "server": self.name}
+        if self.health.degraded:
+            report["status"] = "degraded"
+            report["problems"] = self.health.problems()
+        return report
 
-    # -- what operators see ----------------------------------------------------------------
-    async def status(self) -> dict[str, Any]:
-        counts = await self.store.counts()
-        no_fleet = {"live": 0, "starting": 0, "max": 0, "allowed": 0}
-        peer = None
-        if self.peer:
-            peer = {
-                "url": self.peer.url,
-                "name": self.peer.name,
-                "reachable": self.peer.reachable(),
-                "error": self.peer.last_error,
-            }
-        launcher: dict[str, Any] = {"kind": "none"}
-        if self.launcher:
-            launcher = {**self.launcher.status(), **({"guard": self.guard.status()} if self.guard else {})}
-        return {
-            "server": self.name,
-            "url": self.settings.url,
-            "queued": len(self.scheduler.queued),
-            "running": len(self.scheduler.leases),
-            "completed": counts.get(State.COMPLETED, 0),
-            "failed": counts.get(State.FAILED, 0),
-            "oldest_queued_age_s": round(self.scheduler.oldest_wait_s(), 3),
-            "backlog_cost": self.scheduler.backlog_cost,
-            "jobs_per_s": self.scheduler.jobs_per_s(),
-            "workers": self.fleet.status() if self.fleet else no_fleet,
-            "workers_reporting": len(self.registry.seen_within(self.settings.worker_dead_s)),
-            "loans": {"borrowed": self.loans.borrowed, "lent": self.loans.lent},
-            "peer": peer,
-            "launcher": launcher,
-            "closing": self.closing,
-        }
+    # -- the worker API --------------------------------------------------------------------
+    async def lease(self, worker: str, max_jobs: int, wait_s: float, deliver: Deliver) -> None:
+        """Hand up to max_jobs to the worker through `deliver`; what it fails to deliver goes back."""
+        self.registry.touch(worker)
+        handed = await self.scheduler.lease(worker, min(max_jobs, self.settings.lease_batch_max), wait_s)
+        jobs = [LeasedJob(lease.job.work_id(self.name), lease.lease_id, lease.job.iterations, b) for lease, b in handed]
+        try:
+            await deliver(LeaseGrant(self.settings.lease_s, jobs))
+        except (ConnectionError, asyncio.CancelledError):
+            # The worker never got these jobs: put them back now instead of when the lease expires.
+            if handed:
+                await asyncio.shield(self.scheduler.release([lease for lease, _ in handed]))
+            raise
+
+    def _own(self, work_id: object) -> WorkId | None:
+        """The parsed id when it names a job of this server."""
+        parsed = WorkId.parse(work_id) if isinstance(work_id, str) else None
+        return parsed if parsed is not None and parsed.server == self.name else None
+
+    def _nonce(self, seq: int) -> str | None:
+        nonce = self.scheduler.nonce(seq)
+        if nonce is None and (record := self.store.get(seq)) is not None:
+            nonce = record.nonce
+        return nonce
+
+    def _check(self, worker: str, entries: Sequence[Entry]) -> list[Lease | None]:
+        """For each entry the current lease it names (None: an earlier one of this worker's).
+        Raises Conflict listing every entry that names no lease of this worker for that job."""
+        found: list[Lease | None] = []
+        rejected = []
+        for entry in entries:
+            parsed = self._own(entry.work_id)
+            grant = self.scheduler.grant(entry.lease_id) if isinstance(entry.lease_id, str) else None
+            reason = None
+            if parsed is None:
+                reason = f"not a work id of server {self.name}"
+            elif grant is None or grant.seq != parsed.seq:
+                reason = "no such lease for this job"
+            elif grant.worker != worker:
+                reason = "lease issued to another worker"
+            elif self._nonce(parsed.seq) != parsed.nonce:
+                reason = "unknown job"
+            if reason is not None:
+                rejected.append({"work_id": str(entry.work_id)[:80], "reason": reason})
+                continue
+            assert parsed is not None
+            lease = self.scheduler.current(parsed.seq)
+            found.append(lease if lease is not None and lease.lease_id == entry.lease_id else None)
+        if rejected:
+            raise Conflict(
+                f"{len(rejected)} of {len(entries)} entries name no lease of worker {worker}; nothing was done",
+                details={"rejected": rejected},
+            )
+        return found
+
+    async def complete(
+        self, worker: str, results: Sequence[Entry], failures: Sequence[Entry], stats: object
+    ) -> dict[str, int]:
+        """Record results (first wins; late ones of an earlier lease too) and failed attempts."""
+        current = self._check(worker, [*results, *failures])[len(results) :]
+        self.registry.touch(worker, stats)
+        done = [(self.scheduler.grant(e.lease_id).seq, e.value) for e in results]  # type: ignore[union-attr]  # _check found every grant
+        accepted = await self.scheduler.complete(worker, done) if done else 0
+        failed = [(lease, str(e.value)[:MAX_ERROR_CHARS]) for lease, e in zip(current, failures, strict=True) if lease]
+        if failed:
+            await self.scheduler.fail_attempt(failed)
+        return {"accepted": accepted, "duplicates": len(done) - accepted}
+
+    def heartbeat(self, worker: str, leases: Sequence[Entry], stats: object) -> dict[str, Any]:
+        """Extend the worker's current leases; answers the leases (work id, lease id) it no longer holds."""
+        current = self._check(worker, leases)
+        self.registry.touch(worker, stats)
+        self.scheduler.extend([lease for lease in current if lease is not None])
+        lost = [
+            {"work_id": e.work_id, "lease_id": e.lease_id}
+            for lease, e in zip(current, leases, strict=True)
+            if not lease
+        ]
+        return {"lost": lost, "lease_s": self.settings.lease_s}
+
+    async def release(self, worker: str, leases: Sequence[Entry], stats: object) -> dict[str, int]:
+        """Take back jobs a draining worker has not started (no attempt counted)."""
+        current = self._check(worker, leases)
+        self.registry.touch(worker, stats)
+        released = await self.scheduler.release([lease for lease in current if lease is not None])
+        return {"released": released}
+
+    # -- the peer API ----------------------------------------------------------------------
+    async def peer_reserve(self, top: int) -> dict[str, Any]:
+        """The peer's pullCompleted asks for this server's own results (reserved until confirmed)."""
+        return await self.handouts.reserve_for_peer(top)
+
+    async def peer_confirm(self, handout: str) -> dict[str, int]:
+        return {"confirmed": await self.handouts.confirm_for_peer(handout)}
+
+    async def sync_loans(self, want: int, in_use: int, revoked: list[str]) -> dict[str, Any]:
+        """Lender side of the quota loans (the total the peer may use from now on), and the
+        workers each side has reaped, whose credentials both must refuse."""
+        return await self.peering.sync(want, in_use, revoked)
+
+    async def status(self, *, detail: bool) -> dict[str, Any]:
+        return await self.report(detail)

@@ -1,39 +1,27 @@
-"""Durable job storage: one SQLite file (WAL), one writer thread, group commits.
+"""Durable job storage: the jobs, the leases issued for them, and result hand-outs, in SQLite.
 
-Every operation is a function of the connection. The writer thread takes all operations that
-are waiting, runs each inside a savepoint of one transaction, commits once, and only then
-resolves their futures: an acknowledged operation is on disk, and one fsync serves a whole
-batch, so durability does not cost throughput.
+Which writes are durable (fsynced before anyone is told) and which are relaxed is stated per
+operation; see server/db.py for what each means. In short: an enqueue and a confirmed hand-out
+survive a power loss; a lease, a result or a reservation survives a crash of the process, and
+after a power loss at worst makes a job run again or a result be handed out again.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import collections
 import logging
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any
 
+from server.db import Database, StoreError
 from server.jobs import JobRecord, Outcome, State
 
-T = TypeVar("T")
-
-
-class _Op(NamedTuple):
-    """One operation for the writer thread: fn(conn), whose result resolves future."""
-
-    fn: Callable[[sqlite3.Connection], Any]
-    future: asyncio.Future[Any]
-    durable: bool
-
+__all__ = ["Grant", "Store", "StoreError"]
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 2000
 Q, R, DONE = int(State.QUEUED), int(State.RUNNING), int(State.COMPLETED)  # for SQL text
 
 SCHEMA = f"""
@@ -50,23 +38,46 @@ CREATE TABLE IF NOT EXISTS jobs (
     completed_at REAL,
     result BLOB,
     error TEXT,
-    delivered INTEGER NOT NULL DEFAULT 0
+    delivered INTEGER NOT NULL DEFAULT 0,
+    lease_id TEXT,                  -- the current lease while running
+    handout TEXT                    -- reserved by this pullCompleted hand-out until confirmed
 );
-CREATE INDEX IF NOT EXISTS jobs_undelivered ON jobs (completed_at) WHERE delivered = 0 AND state >= {DONE};
+CREATE TABLE IF NOT EXISTS leases (
+    lease_id TEXT PRIMARY KEY,      -- every lease ever issued for a job that is still kept
+    seq INTEGER NOT NULL,
+    worker TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_seq ON leases (seq);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (completed_at) WHERE state >= {DONE};
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state) WHERE state < {DONE};
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# Created after the migration: it names columns that older state dirs lack.
+PULLABLE_INDEX = (
+    "CREATE INDEX IF NOT EXISTS jobs_pullable ON jobs (completed_at)"
+    f" WHERE delivered = 0 AND handout IS NULL AND state >= {DONE}"
+)
+ADDED_COLUMNS = {"lease_id": "TEXT", "handout": "TEXT"}
 
-_RECORD_COLUMNS = "seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error"
+_RECORD_COLUMNS = (
+    "seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error, lease_id"
+)
 
 
-class StoreError(Exception):
-    """The database could not store or read (disk full, I/O error, closed)."""
+def _setup(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+    present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+    for column, kind in ADDED_COLUMNS.items():
+        if column not in present:  # a state dir from an earlier version
+            conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+    conn.execute("DROP INDEX IF EXISTS jobs_undelivered")
+    conn.execute(PULLABLE_INDEX)
+    # Reservations die with the process that made them: their results become pullable again.
+    conn.execute("UPDATE jobs SET handout = NULL WHERE handout IS NOT NULL")
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
-    seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error = row
+    seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error, lease_id = row
     return JobRecord(
         seq=seq,
         nonce=nonce,
@@ -79,128 +90,39 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
         completed_at=completed_at,
         result=None if result is None else bytes(result),
         error=error,
+        lease_id=lease_id,
     )
+
+
+class Grant(tuple[int, str]):
+    """Who a lease id was issued to: (seq, worker)."""
+
+    @property
+    def seq(self) -> int:
+        return self[0]
+
+    @property
+    def worker(self) -> str:
+        return self[1]
 
 
 class Store:
     def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
         self.path = path
-        self.synchronous = synchronous.upper()
-        self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
-        self._reader: sqlite3.Connection | None = None
-        # Leases and results need not survive a power loss: lost, the job is just computed again.
-        # Their commits skip the fsync (still safe against a process crash); a later durable
-        # commit syncs the whole log, so the order of what reaches the disk is kept.
-        self._relaxed = "NORMAL" if self.synchronous in ("FULL", "EXTRA") else self.synchronous
-        self._current_sync = self.synchronous
-
-    # -- lifecycle -------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        conn.execute("PRAGMA busy_timeout=5000")
-        conn.executescript(SCHEMA)
-        return conn
+        self.db = Database(path, synchronous=synchronous, setup=_setup)
+        self.finished: collections.Counter[State] = collections.Counter()  # kept current: /status never scans
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._loop = asyncio.get_running_loop()
-        conn = await asyncio.to_thread(self._connect)
-        # Point reads on the event loop need no thread hop; WAL lets them run beside the writer.
-        self._reader = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True, check_same_thread=False)
-        self._thread = threading.Thread(target=self._run, args=(conn,), name="store-writer", daemon=True)
-        self._thread.start()
+        await self.db.start()
+        rows = self.db.read(
+            lambda c: c.execute(f"SELECT state, count(*) FROM jobs WHERE state >= {DONE} GROUP BY state").fetchall()
+        )
+        self.finished = collections.Counter({State(s): n for s, n in rows})
 
     async def close(self) -> None:
-        if self._thread is None or self._closed:
-            return
-        self._closed = True
-        self._ops.put(None)
-        await asyncio.to_thread(self._thread.join)
-        if self._reader is not None:
-            self._reader.close()
+        await self.db.close()
 
-    # -- the writer thread -----------------------------------------------------------------
-    def _run(self, conn: sqlite3.Connection) -> None:
-        try:
-            while True:
-                first = self._ops.get()
-                if first is None:
-                    return
-                batch = [first]
-                stop = False
-                while len(batch) < MAX_BATCH:
-                    try:
-                        item = self._ops.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                        break
-                    batch.append(item)
-                self._run_batch(conn, batch)
-                if stop:
-                    return
-        finally:
-            conn.close()
-
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        sync = self.synchronous if any(op.durable for op in batch) else self._relaxed
-        try:
-            if sync != self._current_sync:
-                conn.execute(f"PRAGMA synchronous={sync}")
-                self._current_sync = sync
-            conn.execute("BEGIN IMMEDIATE")
-            for fn, future, _ in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    outcomes.append((future, fn(conn), None))
-                    conn.execute("RELEASE op")
-                except Exception as exc:  # noqa: BLE001 - handed to the caller's future
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((future, None, _as_store_error(exc)))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            log.error("store commit failed (%d operations lost, none acknowledged): %s", len(batch), exc)
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            error = _as_store_error(exc)
-            outcomes = [(future, None, error) for _, future, _ in batch]
-        # One wake-up of the event loop per group commit, not one per operation.
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(_resolve_all, outcomes)
-
-    async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True) -> T:
-        """Run fn(conn) in the next group commit; returns once it is committed (and, when
-        durable, synced to disk)."""
-        result: T = await self._queue(fn, durable=durable)
-        return result
-
-    def _queue(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool) -> asyncio.Future[T]:
-        """Queue fn(conn) for the next group commit; the future resolves once it is committed.
-        Operations commit in the order they are queued."""
-        if self._closed or self._thread is None or self._loop is None:
-            raise StoreError("store is closed")
-        future: asyncio.Future[T] = self._loop.create_future()
-        self._ops.put(_Op(fn, future, durable))
-        return future
-
-    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """A short read on the calling (event-loop) thread, from what is committed."""
-        if self._closed or self._reader is None:
-            raise StoreError("store is closed")
-        try:
-            return fn(self._reader)
-        except sqlite3.Error as exc:
-            raise _as_store_error(exc) from None
-
-    # -- operations ------------------------------------------------------------------------
+    # -- identity --------------------------------------------------------------------------
     async def check_identity(self, name: str) -> None:
         """Refuse a state dir that belongs to a server of another name (its ids would lie)."""
 
@@ -211,11 +133,24 @@ class Store:
                 return name
             return str(row[0])
 
-        stored = await self.run(op)
+        stored = await self.db.run(op)
         if stored != name:
             raise StoreError(f"state dir belongs to server {stored!r}, not {name!r}")
 
+    async def get_meta(self, key: str) -> str | None:
+        row = self.db.read(lambda c: c.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str, *, durable: bool = False) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+        await self.db.run(op, durable=durable)
+
+    # -- jobs ------------------------------------------------------------------------------
     async def insert(self, nonce: str, iterations: int, body: bytes, now: float) -> int:
+        """Store a new job durably; its seq."""
+
         def op(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
                 "INSERT INTO jobs (nonce, iterations, size, body, state, enqueued_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -224,133 +159,152 @@ class Store:
             assert cur.lastrowid is not None
             return cur.lastrowid
 
-        return await self.run(op)
+        return await self.db.run(op, nbytes=len(body))
 
-    def lease(self, seqs: Sequence[int], worker: str) -> dict[int, bytes]:
-        """Bodies of the jobs still unfinished among `seqs`, by seq; marks them running for the worker.
+    def lease(self, leases: Sequence[tuple[int, str]], worker: str) -> dict[int, bytes]:
+        """Bodies of the still unfinished jobs among (seq, lease id), by seq; records the leases.
 
-        The bodies are read from what is committed, on the calling thread; the record of the lease
-        is queued without waiting: it only matters after a restart, where a lease it missed means
-        the job is queued again instead of running (computed once more, never lost)."""
+        The bodies are read from what is committed, on the calling thread; the record is queued
+        without waiting (relaxed): it only matters after a restart, where a lease it missed means
+        the job runs again (computed once more, never lost)."""
+        seqs = [seq for seq, _ in leases]
         marks = ",".join("?" * len(seqs))
-        rows = self._read(
+        rows = self.db.read(
             lambda c: c.execute(
-                f"SELECT seq, body FROM jobs WHERE seq IN ({marks}) AND state < {DONE}", list(seqs)
+                f"SELECT seq, body FROM jobs WHERE seq IN ({marks}) AND state < {DONE}", seqs
             ).fetchall()
         )
         bodies = {seq: bytes(body) for seq, body in rows}
-        record = self._queue(_mark_leased(list(bodies), worker), durable=False)
+        record = self.db.queue(_record_leases([lease for lease in leases if lease[0] in bodies], worker), durable=False)
         record.add_done_callback(_log_lease_record_failure)
         return bodies
 
-    async def finish(self, outcomes: Iterable[Outcome], worker: str | None, now: float) -> list[int]:
-        """Record results (completed) or errors (failed); the first outcome of a job wins.
+    def grant(self, lease_id: str) -> Grant | None:
+        """Who the lease id was issued to, for jobs whose records are still kept."""
+        row = self.db.read(
+            lambda c: c.execute("SELECT seq, worker FROM leases WHERE lease_id = ?", (lease_id,)).fetchone()
+        )
+        return None if row is None else Grant((row[0], row[1]))
 
-        Returns the seqs that were finished by this call (the others were finished already).
-        """
+    async def finish(self, outcomes: Iterable[Outcome], worker: str | None, now: float) -> list[int]:
+        """Record results (completed) or errors (failed), relaxed; the first outcome of a job wins.
+
+        Returns the seqs that were finished by this call (the others were finished already)."""
         outcomes = list(outcomes)
 
-        def op(conn: sqlite3.Connection) -> list[int]:
+        def op(conn: sqlite3.Connection) -> list[tuple[int, State]]:
             done = []
             for o in outcomes:
                 state = State.COMPLETED if o.result is not None else State.FAILED
                 cur = conn.execute(
-                    "UPDATE jobs SET state = ?, result = ?, error = ?, completed_at = ?, body = NULL,"
+                    "UPDATE jobs SET state = ?, result = ?, error = ?, completed_at = ?, body = NULL, lease_id = NULL,"
                     f" worker = coalesce(?, worker) WHERE seq = ? AND state < {DONE}",
                     (state, o.result, o.error, now, worker, o.seq),
                 )
                 if cur.rowcount:
-                    done.append(o.seq)
+                    done.append((o.seq, state))
             return done
 
-        return await self.run(op, durable=False)
+        done = await self.db.run(op, durable=False)
+        self.finished.update(state for _, state in done)
+        return [seq for seq, _ in done]
 
     async def requeue(self, seqs: Sequence[int], *, refund_attempt: bool = False) -> None:
+        """Put running jobs back in the queue (durable: a requeue must not be undone)."""
+
         def op(conn: sqlite3.Connection) -> None:
             refund = 1 if refund_attempt else 0
             conn.executemany(
-                f"UPDATE jobs SET state = {Q}, worker = NULL, attempts = max(attempts - ?, 0)"
+                f"UPDATE jobs SET state = {Q}, worker = NULL, lease_id = NULL, attempts = max(attempts - ?, 0)"
                 f" WHERE seq = ? AND state = {R}",
                 [(refund, s) for s in seqs],
             )
 
-        await self.run(op)
+        await self.db.run(op)
 
     def get(self, seq: int) -> JobRecord | None:
-        row = self._read(lambda c: c.execute(f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone())
+        row = self.db.read(lambda c: c.execute(f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE seq = ?", (seq,)).fetchone())
         return _record(row) if row else None
 
-    async def pull(self, top: int) -> list[JobRecord]:
-        """Hand out up to `top` finished, undelivered jobs, newest first, and mark them delivered."""
+    async def open_jobs(self) -> tuple[list[JobRecord], list[tuple[str, Grant]]]:
+        """Every unfinished job, oldest first, and the leases issued for them."""
+
+        def op(conn: sqlite3.Connection) -> tuple[list[JobRecord], list[tuple[str, Grant]]]:
+            rows = conn.execute(f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE state < {DONE} ORDER BY seq").fetchall()
+            grants = conn.execute(
+                f"SELECT l.lease_id, l.seq, l.worker FROM leases l JOIN jobs j ON j.seq = l.seq WHERE j.state < {DONE}"
+            ).fetchall()
+            return [_record(r) for r in rows], [(g[0], Grant((g[1], g[2]))) for g in grants]
+
+        return await self.db.run(op, durable=False)
+
+    def counts(self) -> dict[State, int]:
+        """Finished jobs kept, by state (maintained, not counted)."""
+        return dict(self.finished)
+
+    async def expire_results(self, older_than: float) -> int:
+        """Drop finished jobs (and their lease records) completed before `older_than`."""
+
+        def op(conn: sqlite3.Connection) -> dict[State, int]:
+            where = f"state >= {DONE} AND completed_at < ?"
+            conn.execute(f"DELETE FROM leases WHERE seq IN (SELECT seq FROM jobs WHERE {where})", (older_than,))
+            gone = conn.execute(f"SELECT state, count(*) FROM jobs WHERE {where} GROUP BY state", (older_than,))
+            counts = {State(s): n for s, n in gone.fetchall()}
+            conn.execute(f"DELETE FROM jobs WHERE {where}", (older_than,))
+            return counts
+
+        removed = await self.db.run(op, durable=False)
+        self.finished.subtract(removed)
+        return sum(removed.values())
+
+    # -- pullCompleted hand-outs -----------------------------------------------------------
+    async def reserve(self, top: int, handout: str) -> list[JobRecord]:
+        """Up to `top` finished jobs nobody has been handed, newest first, reserved for the
+        hand-out (relaxed: a reservation lost in a crash only makes its results pullable again)."""
 
         def op(conn: sqlite3.Connection) -> list[JobRecord]:
             rows = conn.execute(
-                # The planner would walk every finished job of the last day through jobs_finished.
-                f"SELECT {_RECORD_COLUMNS} FROM jobs INDEXED BY jobs_undelivered"
-                f" WHERE delivered = 0 AND state >= {DONE} ORDER BY completed_at DESC LIMIT ?",
+                f"SELECT {_RECORD_COLUMNS} FROM jobs INDEXED BY jobs_pullable"
+                f" WHERE delivered = 0 AND handout IS NULL AND state >= {DONE} ORDER BY completed_at DESC LIMIT ?",
                 (top,),
             ).fetchall()
-            conn.executemany("UPDATE jobs SET delivered = 1 WHERE seq = ?", [(r[0],) for r in rows])
+            conn.executemany("UPDATE jobs SET handout = ? WHERE seq = ?", [(handout, r[0]) for r in rows])
             return [_record(r) for r in rows]
 
-        return await self.run(op)  # durable: a result handed out must stay handed out
+        return await self.db.run(op, durable=False)
 
-    async def open_jobs(self) -> list[JobRecord]:
-        """Every unfinished job, oldest first."""
+    async def confirm(self, handout: str) -> int:
+        """The hand-out reached its client: its results are delivered (durable)."""
 
-        def op(conn: sqlite3.Connection) -> list[JobRecord]:
-            rows = conn.execute(f"SELECT {_RECORD_COLUMNS} FROM jobs WHERE state < {DONE} ORDER BY seq").fetchall()
-            return [_record(r) for r in rows]
-
-        return await self.run(op, durable=False)
-
-    async def counts(self) -> dict[State, int]:
-        """Finished jobs by state."""
-
-        def op(conn: sqlite3.Connection) -> dict[State, int]:
-            rows = conn.execute(f"SELECT state, count(*) FROM jobs WHERE state >= {DONE} GROUP BY state").fetchall()
-            return {State(s): n for s, n in rows}
-
-        return await self.run(op, durable=False)
-
-    async def expire_results(self, older_than: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            cur = conn.execute(f"DELETE FROM jobs WHERE state >= {DONE} AND completed_at < ?", (older_than,))
-            return cur.rowcount
+            return conn.execute("UPDATE jobs SET delivered = 1, handout = NULL WHERE handout = ?", (handout,)).rowcount
 
-        return await self.run(op, durable=False)
+        return await self.db.run(op)
+
+    async def unreserve(self, handout: str) -> int:
+        """The hand-out never reached its client: its results are pullable again."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("UPDATE jobs SET handout = NULL WHERE handout = ?", (handout,)).rowcount
+
+        return await self.db.run(op, durable=False)
 
 
-def _as_store_error(exc: BaseException) -> StoreError:
-    if isinstance(exc, StoreError):
-        return exc
-    return StoreError(f"{type(exc).__name__}: {exc}")
-
-
-def _mark_leased(seqs: Sequence[int], worker: str) -> Callable[[sqlite3.Connection], None]:
+def _record_leases(leases: Sequence[tuple[int, str]], worker: str) -> Callable[[sqlite3.Connection], None]:
     def op(conn: sqlite3.Connection) -> None:
         conn.executemany(
-            f"UPDATE jobs SET state = {R}, attempts = attempts + 1, worker = ? WHERE seq = ? AND state = {Q}",
-            [(worker, s) for s in seqs],
+            f"UPDATE jobs SET state = {R}, attempts = attempts + 1, worker = ?, lease_id = ?"
+            f" WHERE seq = ? AND state = {Q}",
+            [(worker, lease_id, seq) for seq, lease_id in leases],
+        )
+        conn.executemany(
+            "INSERT OR IGNORE INTO leases (lease_id, seq, worker) VALUES (?, ?, ?)",
+            [(lease_id, seq, worker) for seq, lease_id in leases],
         )
 
     return op
 
 
-def _log_lease_record_failure(future: asyncio.Future[None]) -> None:
+def _log_lease_record_failure(future: Any) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.warning("recording a lease failed (the job is only queued again after a restart): %s", future.exception())
-
-
-def _resolve_all(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for future, result, error in outcomes:
-        _resolve(future, result, error)
-
-
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(result)

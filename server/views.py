@@ -9,6 +9,7 @@ from common.ids import WorkId
 from server.jobs import JobRecord, State
 
 STATUS_LABELS = frozenset(state.label for state in State)
+WORK_STATUS_KEYS = ("work_id", "status", "iterations", "enqueued_at", "completed_at", "result", "error", "attempts")
 
 
 def finished_item(server: str, record: JobRecord) -> dict[str, Any]:
@@ -42,6 +43,10 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _is_digest(value: object) -> bool:
     return isinstance(value, str) and len(value) == 128 and all(c in "0123456789abcdef" for c in value)
 
@@ -57,7 +62,7 @@ def check_finished_item(value: object, owner: str | None) -> dict[str, Any]:
     result, error = value.get("result"), value.get("error")
     if not (_is_digest(result) or (result is None and isinstance(error, str))):
         raise ValueError("item has neither a digest nor an error")
-    if not isinstance(value.get("iterations"), int) or not _is_number(value.get("completed_at")):
+    if not _is_count(value.get("iterations")) or not _is_number(value.get("completed_at")):
         raise ValueError("item lacks iterations or completed_at")
     item = {k: value[k] for k in ("work_id", "result", "iterations", "completed_at")}
     if error is not None:
@@ -71,7 +76,16 @@ def check_work_status(value: object, work_id: str) -> dict[str, Any]:
         raise ValueError("answer is not the status of the job asked for")
     if value.get("status") not in STATUS_LABELS:
         raise ValueError("answer has no known status")
-    result = value.get("result")
+    result, error = value.get("result"), value.get("error")
     if result is not None and not _is_digest(result):
         raise ValueError("answer has a malformed result")
-    return value
+    if error is not None and not isinstance(error, str):
+        raise ValueError("answer has a malformed error")
+    if not _is_count(value.get("iterations")) or not _is_count(value.get("attempts", 0)):
+        raise ValueError("answer lacks iterations or has odd attempts")
+    if not _is_number(value.get("enqueued_at")):
+        raise ValueError("answer lacks enqueued_at")
+    completed_at = value.get("completed_at")
+    if completed_at is not None and not _is_number(completed_at):
+        raise ValueError("answer has a malformed completed_at")
+    return {k: value[k] for k in WORK_STATUS_KEYS if k in value}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import hmac
+import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -11,7 +12,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 
 from server.errors import BadRequest, ServiceError, TooLarge
 from server.store import StoreError
@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 _NUMBER = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
-INTERNAL_PREFIX = "internal"
 READ_CHUNK = 1 << 16
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -69,9 +68,13 @@ def float_param(request: web.Request, name: str, low: float, high: float, defaul
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object (UTF-8, no NaN or Infinity), read within the body limits."""
+    limit = body_limits(request).json_max_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
     try:
-        value = await request.json(loads=lambda text: json.loads(text, parse_constant=_no_constant))
-    except (ValueError, UnicodeDecodeError):
+        value = json.loads(await read_body(request, limit), parse_constant=_no_constant)
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError too
         raise BadRequest("body is not valid JSON") from None
     if not isinstance(value, dict):
         raise BadRequest("body must be a JSON object")
@@ -82,21 +85,79 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+class RequestTimeout(ServiceError):
+    """The request body stopped arriving, or arrived slower than the minimum rate."""
+
+    status = 408
+
+
+@dataclasses.dataclass(frozen=True)
+class BodyLimits:
+    """How long a request body may take to arrive.
+
+    Each read waits at most `read_timeout_s` for more bytes, and the body as a whole must keep up
+    `min_bytes_per_s` after a grace of `read_timeout_s`: t seconds after the handler starts
+    reading, at least (t - read_timeout_s) * min_bytes_per_s bytes must have come (0: no rate).
+    A body that falls behind is a RequestTimeout (408), and the connection is closed after the
+    answer (server.limits), so nothing of it is stored. `json_max_bytes` bounds internal JSON bodies.
+    """
+
+    read_timeout_s: float = 10.0
+    min_bytes_per_s: float = 8192.0
+    json_max_bytes: int = (1 << 20) + (64 << 10)
+
+
+BODY_LIMITS = web.AppKey("body_limits", BodyLimits)
+BODY_TIMED_OUT = web.RequestKey("body_timed_out", bool)  # set on a RequestTimeout: close after the 408
+
+
+def body_limits(request: web.Request) -> BodyLimits:
+    return request.app.get(BODY_LIMITS) or BodyLimits()
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body: TooLarge past `limit` bytes, RequestTimeout when it comes too slowly (see
+    BodyLimits), BadRequest when it is malformed (a broken chunked encoding) or cut short."""
+    limits = body_limits(request)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        wait_s = limits.read_timeout_s
+        if limits.min_bytes_per_s > 0:
+            wait_s = min(wait_s, started + limits.read_timeout_s + size / limits.min_bytes_per_s - loop.time())
+        try:
+            if wait_s <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(wait_s):
+                chunk = await request.content.read(READ_CHUNK)
+        except TimeoutError:
+            request[BODY_TIMED_OUT] = True
+            raise RequestTimeout(
+                f"request body too slow: {size} bytes in {loop.time() - started:.1f}s"
+                f" (each read within {limits.read_timeout_s:g}s, then {limits.min_bytes_per_s:g} bytes/s)"
+            ) from None
+        except (web.RequestPayloadError, ConnectionError) as exc:  # the client broke off or garbled it
+            raise BadRequest(f"request body unreadable: {type(exc).__name__}") from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+
+
 class RequestUpload:
-    """A request body as the service reads it: announced length first, then at most `limit` bytes."""
+    """A request body as the service reads it: announced length first, then at most `limit` bytes,
+    within the body limits (read_body)."""
 
     def __init__(self, request: web.Request) -> None:
         self._request = request
         self.content_length = request.content_length
 
     async def read(self, limit: int) -> bytes:
-        chunks, size = [], 0
-        while chunk := await self._request.content.read(READ_CHUNK):
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"body exceeds the limit of {limit} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_body(self._request, limit)
 
 
 @web.middleware
@@ -106,7 +167,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except ServiceError as exc:
         headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
-        return error_response(exc.status, exc.message, headers)
+        return json_response({"error": exc.message, **exc.details}, status=exc.status, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -118,18 +179,3 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception:
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, "internal error")
-
-
-def auth_middleware(token: str) -> Middleware:
-    expected = f"Bearer {token}".encode()
-
-    @web.middleware
-    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
-        # Both spellings of the path, so percent-encoding cannot slip past the prefix check.
-        if any(p.lstrip("/").lower().startswith(INTERNAL_PREFIX) for p in (request.path, request.raw_path)):
-            given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-            if not hmac.compare_digest(given, expected):
-                return error_response(401, "authentication required", {"WWW-Authenticate": "Bearer"})
-        return await handler(request)
-
-    return check

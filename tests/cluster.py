@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from client import localcluster
 from client.localcluster import START_TIMEOUT_S, free_port, kill_processes_using, make_token_file
+from common.credentials import Role, derive, worker_credential
 from tests.native_support import reference as native_reference
 
 __all__ = [
@@ -31,13 +32,23 @@ __all__ = [
     "http",
     "kill_processes_using",
     "make_token_file",
+    "operator_headers",
     "reference",
     "wait_for",
+    "worker_headers",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
+
+
+def worker_headers(secret: str, worker_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {worker_credential(secret, worker_id)}", "X-Worker-Id": worker_id}
+
+
+def operator_headers(secret: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {derive(secret, Role.OPERATOR)}"}
 
 
 def reference(body: bytes, iterations: int) -> str:
@@ -108,12 +119,17 @@ class Server(localcluster.ServerProcess):
     def status(self) -> dict:
         return http("GET", self.url + "/status").json()
 
-    def internal(self, path: str, payload: dict, token: str, worker_id: str = "test-worker") -> Response:
+    def detailed_status(self, secret: str) -> dict:
+        """GET /internal/status with the operator's credential (derived from the cluster secret)."""
+        return http("GET", self.url + "/internal/status", headers=operator_headers(secret)).json()
+
+    def internal(self, path: str, payload: dict, secret: str, worker_id: str = "test-worker") -> Response:
+        """A worker's call, with that worker's credential (derived from the cluster secret)."""
         return http(
             "POST",
             self.url + path,
             data=json.dumps(payload).encode(),
-            headers={"Authorization": f"Bearer {token}", "X-Worker-Id": worker_id, "Content-Type": "application/json"},
+            headers={**worker_headers(secret, worker_id), "Content-Type": "application/json"},
         )
 
 
@@ -153,18 +169,21 @@ class Completer:
         """One lease-and-complete round on one server: work id -> result reported (None: failed)."""
         from common.wire import unpack_lease
 
-        headers = {"Authorization": f"Bearer {self.token}", "X-Worker-Id": "test-completer"}
+        headers = worker_headers(self.token, "test-completer")
         resp = http("POST", f"{server.url}/internal/lease?max={max_jobs}&wait={wait_s:g}", headers=headers)
         assert resp.status == 200, f"lease: {resp.status} {resp.body[:200]!r}"
         header, bodies = unpack_lease(resp.body)
         if not header["jobs"]:
             return {}
+        leases = {job["work_id"]: job["lease_id"] for job in header["jobs"]}
         done = {
             job["work_id"]: None if self.fail(job["work_id"]) else reference(body, job["iterations"])
             for job, body in zip(header["jobs"], bodies, strict=True)
         }
-        results = [[w, r] for w, r in done.items() if r is not None]
-        failures = [[w, "injected failure"] for w, r in done.items() if r is None]
+        results = [{"work_id": w, "lease_id": leases[w], "result": r} for w, r in done.items() if r is not None]
+        failures = [
+            {"work_id": w, "lease_id": leases[w], "error": "injected failure"} for w, r in done.items() if r is None
+        ]
         answer = server.internal(
             "/internal/complete", {"results": results, "failures": failures}, self.token, "test-completer"
         )

@@ -7,7 +7,22 @@ import socket
 
 import pytest
 
+from common.credentials import worker_credential
 from tests.cluster import Completer, Server, free_port, http, make_token_file, reference, wait_for
+
+
+def lease_as(server, secret: str, worker: str, count: int = 1) -> dict[str, str]:
+    """Lease up to `count` jobs as the worker; work id -> lease id."""
+    from common.wire import unpack_lease
+
+    resp = http(
+        "POST",
+        f"{server.url}/internal/lease?max={count}&wait=5",
+        headers={"Authorization": f"Bearer {worker_credential(secret, worker)}", "X-Worker-Id": worker},
+    )
+    assert resp.status == 200, resp.body
+    header, _ = unpack_lease(resp.body)
+    return {job["work_id"]: job["lease_id"] for job in header["jobs"]}
 
 
 def complete_via_internal(server, token: str, count: int) -> dict[str, str]:
@@ -225,29 +240,35 @@ def test_work_wait_long_polls_until_done(cluster):
 
 def test_first_result_wins_and_duplicates_are_accepted(cluster):
     work_id = cluster.a.enqueue(b"dup", 1)
-    complete_via_internal(cluster.a, cluster.token, 1)
-    answer = cluster.a.internal("/internal/complete", {"results": [[work_id, "00" * 64]]}, cluster.token, "other")
-    assert answer.status == 200 and answer.json()["duplicates"] == 1
+    leased = lease_as(cluster.a, cluster.token, "holder")
+    result = {"work_id": work_id, "lease_id": leased[work_id], "result": reference(b"dup", 1)}
+    first = cluster.a.internal("/internal/complete", {"results": [result]}, cluster.token, "holder")
+    assert first.status == 200 and first.json() == {"accepted": 1, "duplicates": 0}
+    again = cluster.a.internal(
+        "/internal/complete", {"results": [{**result, "result": "00" * 64}]}, cluster.token, "holder"
+    )
+    assert again.status == 200 and again.json()["duplicates"] == 1
     assert cluster.a.work(work_id).json()["result"] == reference(b"dup", 1)
 
 
 def test_malformed_internal_bodies_are_400(cluster):
     for payload in (
         {"results": [["x"]]},
-        {"results": [["s1.1.abcdef", "zz"]]},
-        {"results": [["a", "00"]]},
-        {"work_ids": "x"},
+        {"results": [{"work_id": "s1.1.abcdef", "lease_id": "x", "result": "zz"}]},
+        {"results": [{"work_id": "a", "result": "00" * 64}]},
+        {"leases": "x"},
     ):
-        path = "/internal/heartbeat" if "work_ids" in payload else "/internal/complete"
+        path = "/internal/heartbeat" if "leases" in payload else "/internal/complete"
         assert cluster.a.internal(path, payload, cluster.token).status == 400
+    credential = worker_credential(cluster.token, "w")
     resp = http(
         "POST",
         f"{cluster.a.url}/internal/complete",
         data=b"not json",
-        headers={"Authorization": f"Bearer {cluster.token}", "X-Worker-Id": "w"},
+        headers={"Authorization": f"Bearer {credential}", "X-Worker-Id": "w"},
     )
     assert resp.status == 400
-    resp = http("POST", f"{cluster.a.url}/internal/lease?max=1", headers={"Authorization": f"Bearer {cluster.token}"})
+    resp = http("POST", f"{cluster.a.url}/internal/lease?max=1", headers={"Authorization": f"Bearer {credential}"})
     assert resp.status == 400 and "X-Worker-Id" in resp.json()["error"]
 
 

@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+from common.credentials import worker_credential
 from tests.cluster import http, reference, wait_for
 
 pytestmark = pytest.mark.slow
@@ -147,7 +148,10 @@ def test_lease_expiry_retries_then_fails_after_max_attempts(make_cluster):
         resp = http(
             "POST",
             f"{c.a.url}/internal/lease?max=1&wait=5",
-            headers={"Authorization": f"Bearer {c.token}", "X-Worker-Id": f"ghost{attempt}"},
+            headers={
+                "Authorization": f"Bearer {worker_credential(c.token, f'ghost{attempt}')}",
+                "X-Worker-Id": f"ghost{attempt}",
+            },
         )
         assert resp.status == 200 and work_id.encode() in resp.body
     item = wait_for(lambda: (w := c.a.work(work_id).json())["status"] == "failed" and w, 15, "failure")

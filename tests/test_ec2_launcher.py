@@ -18,6 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.server import ThreadedMotoServer
 
+from common.credentials import worker_credential
 from server.config import ServerSettings
 from server.launchers.ec2 import Ec2Launcher
 from server.loans import Loans
@@ -117,7 +118,7 @@ class Harness:
         await self.scheduler.load()
         self.launcher = Ec2Launcher(s, client_factory=self.client_factory)
         await self.launcher.start()
-        self.loops = [asyncio.create_task(loop) for loop in self.launcher.loops().values()]  # as the node does
+        self.loops = [asyncio.create_task(every(step, interval)) for step, interval in self.launcher.loops().values()]
         self.autoscaler = Autoscaler(
             settings=s,
             scheduler=self.scheduler,
@@ -126,7 +127,7 @@ class Harness:
             guard=self.guard,
             loans=Loans(s.max_workers),
             servers=(SERVER_URL, PEER_URL),
-            token="cluster-secret",
+            secret="cluster-secret",
         )
         return self
 
@@ -162,6 +163,13 @@ class Harness:
             await asyncio.gather(*self.autoscaler._launch_tasks, return_exceptions=True)
 
 
+async def every(step, interval_s: float) -> None:
+    """A launcher's periodic step, as the node runs it."""
+    while True:
+        await asyncio.sleep(interval_s)
+        await step()
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -190,9 +198,12 @@ def test_backlog_launches_up_to_max_with_tags_and_user_data(tmp_path, ec2):
         tags = tags_of(inst)
         assert tags["dynwork:role"] == "worker" and tags["dynwork:server"] == "s8001"
         raw = ec2.describe_instance_attribute(InstanceId=inst["InstanceId"], Attribute="userData")
-        data = tomllib.loads(base64.b64decode(raw["UserData"]["Value"]).decode())
+        text = base64.b64decode(raw["UserData"]["Value"]).decode()
+        data = tomllib.loads(text)
         assert data["servers"] == [SERVER_URL, PEER_URL]
-        assert data["token"] == "cluster-secret"
+        # Only the worker's own credential travels in user-data, never the cluster secret.
+        assert data["token"] == worker_credential("cluster-secret", data["worker_id"])
+        assert "cluster-secret" not in text
         assert data["worker_id"] == tags["dynwork:worker-id"]
         assert data["idle_exit_s"] == 30.0 and data["threads"] == 0
         worker_ids.add(data["worker_id"])
@@ -431,7 +442,7 @@ def test_launched_instances_boot_through_bootstrap_work_and_scale_down(tmp_path,
                         "--imds-endpoint",
                         imds.url,
                         "--token-file",
-                        str(tmp_path / iid / "cluster.token"),
+                        str(tmp_path / iid / "worker.token"),
                     ],
                     cwd=ROOT,
                     stdout=log,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from client.localcluster import worker_token_file
 from tests.cluster import ROOT, reference, wait_for
 
 BLOCKED = ("server", "client")
@@ -24,8 +25,10 @@ def test_worker_runs_with_the_server_package_unimportable(cluster):
         sys.executable,
         "-c",
         RUN_WITHOUT,
+        "--worker-id",
+        "alone",
         "--token-file",
-        str(cluster.token_file),
+        str(worker_token_file(cluster.token_file, "alone")),
         "--server",
         cluster.a.url,
         "--server",

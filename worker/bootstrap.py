@@ -4,7 +4,7 @@ The AMI's systemd unit runs this at boot. It reads the instance user-data over I
 a session token, then GET with it), a TOML document written by the server's EC2 launcher:
 
     servers = ["http://10.0.0.5:8001", "http://10.0.0.6:8002"]   # own server first
-    token = "..."          # the cluster secret
+    token = "dw1...."      # this worker's own credential (never the cluster secret)
     worker_id = "s8001-w3-a1b2c3"
     threads = 0            # 0: one per core
     idle_exit_s = 120.0
@@ -43,7 +43,7 @@ class BootstrapSettings:
         "", "instance metadata endpoint (default: $AWS_EC2_METADATA_SERVICE_ENDPOINT or http://169.254.169.254)"
     )
     imds_wait_s: float = option(120.0, "how long to keep trying to read the user-data at boot")
-    token_file: Path = option(Path("/run/dynwork/cluster.token"), "where to write the cluster secret (mode 0600)")
+    token_file: Path = option(Path("/run/dynwork/worker.token"), "where to write the worker's credential (mode 0600)")
     log_level: str = option("INFO", "logging level")
 
     def __post_init__(self) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,8 +15,12 @@ ENV_PREFIX = "DYNWORK_WORKER_"
 @dataclasses.dataclass(frozen=True)
 class WorkerSettings:
     server: list[str] = option([], "server URL, repeatable: this worker's own server first, then the peer")
-    token_file: Path = option(Path(".run/cluster.token"), "file (mode 0600) holding the cluster secret")
-    worker_id: str = option("", "id the server knows this worker by (default: host-pid)")
+    token_file: Path = option(
+        Path(".run/worker.token"),
+        "file (mode 0600) holding this worker's credential, good for its --worker-id only"
+        " (python -m server.credential_tool worker ID prints one)",
+    )
+    worker_id: str = option("", "id the server knows this worker by; its credential is bound to it")
     threads: int = option(0, "compute threads (0: one per core)")
     idle_exit_s: float = option(60.0, "exit after this long without work (0: never)")
     lease_wait_s: float = option(15.0, "how long one lease long-poll may wait on the server")
@@ -30,6 +33,8 @@ class WorkerSettings:
             raise SettingsError("give one or two --server URLs (own server first)")
         if self.threads < 0 or self.idle_exit_s < 0 or self.batch_s <= 0:
             raise SettingsError("threads and idle_exit_s must be >= 0, batch_s > 0")
+        if not self.worker_id:
+            raise SettingsError("give --worker-id: the worker's credential is good for that id only")
 
     @property
     def servers(self) -> list[str]:
@@ -43,7 +48,7 @@ class WorkerSettings:
 
     @property
     def identity(self) -> str:
-        return self.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        return self.worker_id
 
 
 def load_settings(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> WorkerSettings:

@@ -22,7 +22,7 @@ import aiohttp
 
 from common.cost import compressions, job_cost
 from common.http import AiohttpTransport, Refused, Unauthorized, Unavailable
-from worker.client import LeasedJob, ServerClient
+from worker.client import Held, LeasedJob, Report, ServerClient
 from worker.config import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,11 @@ class Server(Protocol):
 
     async def lease(self, max_jobs: int, wait_s: float) -> tuple[float, list[LeasedJob]]: ...
 
-    async def complete(
-        self, results: list[tuple[str, str]], failures: list[tuple[str, str]], stats: dict[str, Any]
-    ) -> dict[str, Any]: ...
+    async def complete(self, results: list[Report], failures: list[Report], stats: dict[str, Any]) -> int: ...
 
-    async def heartbeat(self, work_ids: list[str], stats: dict[str, Any]) -> list[str]: ...
+    async def heartbeat(self, held: list[Held], stats: dict[str, Any]) -> list[Held]: ...
 
-    async def release(self, work_ids: list[str], stats: dict[str, Any]) -> None: ...
+    async def release(self, held: list[Held], stats: dict[str, Any]) -> None: ...
 
 
 class Fatal(Exception):
@@ -79,8 +77,8 @@ class Worker:
         self.min_held = self.threads * self.lanes * 2
         self.pending: collections.deque[LeasedJob] = collections.deque()
         self.running: dict[str, LeasedJob] = {}
-        self.done: dict[str, list[tuple[str, str]]] = {url: [] for url in settings.servers}
-        self.failed: dict[str, list[tuple[str, str]]] = {url: [] for url in settings.servers}
+        self.done: dict[str, list[Report]] = {url: [] for url in settings.servers}
+        self.failed: dict[str, list[Report]] = {url: [] for url in settings.servers}
         self.jobs_per_s = 0.0  # measured over busy time, all threads
         self.cost_per_s = 0.0  # the same in policy cost units (what the server's autoscaler plans with)
         self.last_work = time.monotonic()
@@ -92,8 +90,8 @@ class Worker:
         self._work_ready = asyncio.Event()
         self._room = asyncio.Event()
         self._heartbeat_due = asyncio.Event()
-        self._own_idle = asyncio.Event()  # clear while the own server's last lease brought work
-        self._own_idle.set()
+        self._own_idle = asyncio.Event()  # set once the own server's last lease brought nothing
+        self._own_answered = False
         self._flush_wanted = {url: asyncio.Event() for url in settings.servers}
         self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="hash")
         self.clients: list[Server] = []
@@ -190,12 +188,16 @@ class Worker:
             task.cancel()
         await asyncio.gather(*hashers, *services, return_exceptions=True)
         for client in self.clients:
-            await self._flush(client, attempts=FLUSH_ATTEMPTS_ON_EXIT)
+            try:
+                await self._flush(client, attempts=FLUSH_ATTEMPTS_ON_EXIT)
+            except Fatal as exc:
+                log.error("%s", exc)
+                self.exit_code = 1
         log.info("drained: %d job(s) completed in this run", self.completed)
 
     async def _release(self, jobs: list[LeasedJob]) -> None:
         for client in self.clients:
-            ids = [j.work_id for j in jobs if j.server == client.url]
+            ids = [j.held for j in jobs if j.server == client.url]
             if ids:
                 try:
                     await client.release(ids, self.stats())
@@ -216,21 +218,16 @@ class Worker:
             if not own and not self._own_idle.is_set():
                 await self._own_idle.wait()  # the own server's work comes first
                 continue
-            try:
-                lease_s, jobs = await client.lease(room, self.settings.lease_wait_s)
-            except Unavailable as exc:
-                if own:
-                    self._own_idle.set()  # let the peer's work flow while ours is unreachable
-                log.debug("lease from %s failed: %s", client.url, exc)
+            # The own server's first answer comes at once (no long-poll): the peer waits only for it.
+            wait_s = self.settings.lease_wait_s if not own or self._own_answered else 0.0
+            leased = await self._lease_once(client, room, wait_s, own=own)
+            if leased is None:
                 await backoff.sleep()
                 continue
-            except Unauthorized as exc:
-                raise Fatal(f"{client.url} rejected this worker: {exc}") from None
-            except Refused as exc:
-                log.error("lease from %s refused: %s", client.url, exc)
-                await backoff.sleep()
-                continue
+            lease_s, jobs = leased
             backoff.reset()
+            if own:
+                self._own_answered = True
             if lease_s < self.lease_s:
                 self.lease_s = lease_s
                 self._heartbeat_due.set()  # the current sleep may be longer than this lease
@@ -243,6 +240,20 @@ class Worker:
                 self.pending.extend(jobs)
                 self.last_work = time.monotonic()
                 self._work_ready.set()
+
+    async def _lease_once(
+        self, client: Server, room: int, wait_s: float, *, own: bool
+    ) -> tuple[float, list[LeasedJob]] | None:
+        """One lease call; None when it failed (and may be retried after a back-off)."""
+        try:
+            return await client.lease(room, wait_s)
+        except Unauthorized as exc:
+            raise Fatal(f"{client.url} rejected this worker: {exc}") from None
+        except (Unavailable, Refused) as exc:
+            (log.debug if isinstance(exc, Unavailable) else log.error)("lease from %s failed: %s", client.url, exc)
+            if own:
+                self._own_idle.set()  # let the peer's work flow while ours cannot give any
+            return None
 
     # -- hashing ---------------------------------------------------------------------------
     def _take_batch(self) -> list[LeasedJob]:
@@ -279,11 +290,11 @@ class Worker:
             except Exception as exc:
                 log.exception("hashing a batch of %d failed", len(batch))
                 for job in batch:
-                    self.failed[job.server].append((job.work_id, f"{type(exc).__name__}: {exc}"))
+                    self.failed[job.server].append((*job.held, f"{type(exc).__name__}: {exc}"))
             else:
                 self._measure(batch, time.monotonic() - started)
                 for job, digest in zip(batch, digests, strict=True):
-                    self.done[job.server].append((job.work_id, digest.hex()))
+                    self.done[job.server].append((*job.held, digest.hex()))
             for job in batch:
                 self.running.pop(job.work_id, None)
                 self._flush_wanted[job.server].set()
@@ -322,9 +333,18 @@ class Worker:
                 return True
             self.done[client.url], self.failed[client.url] = [], []
             try:
-                await client.complete(results, failures, self.stats())
+                # Shielded: a drain that cancels the flush loop must not lose a batch in flight.
+                report = asyncio.ensure_future(client.complete(results, failures, self.stats()))
+                report.add_done_callback(_consume)  # its outcome is handled here, or moot after a cancel
+                await asyncio.shield(report)
                 self.completed += len(results)
                 continue
+            except asyncio.CancelledError:
+                self.done[client.url][:0] = results
+                self.failed[client.url][:0] = failures
+                raise
+            except Unauthorized as exc:
+                raise Fatal(f"{client.url} rejected this worker: {exc}") from None
             except Refused as exc:
                 # The server refused the batch itself; resending it cannot help.
                 log.error("%s refused %d result(s): %s", client.url, len(results) + len(failures), exc)
@@ -341,7 +361,7 @@ class Worker:
         """Extend held leases and tell the own server this worker is alive (even when idle)."""
         while True:
             for i, client in enumerate(self.clients):
-                held = [j.work_id for j in (*self.pending, *self.running.values()) if j.server == client.url]
+                held = [j.held for j in (*self.pending, *self.running.values()) if j.server == client.url]
                 if not held and i > 0:
                     continue
                 try:
@@ -356,7 +376,7 @@ class Worker:
                     continue
                 if lost:
                     # Someone else has these now; do not start them (running ones still report).
-                    self.pending = collections.deque(j for j in self.pending if j.work_id not in lost)
+                    self.pending = collections.deque(j for j in self.pending if j.held not in lost)
                     log.info("%d lease(s) on %s were lost", len(lost), client.url)
             self._heartbeat_due.clear()
             with contextlib.suppress(TimeoutError):
@@ -375,3 +395,10 @@ class Worker:
                 self.stop(f"no work for {idle_s:g}s")
                 return
             await asyncio.sleep(max(0.1, min(1.0, idle_s - quiet)))
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    """Retrieve a shielded report's outcome so that one finishing after a cancel is not logged
+    as an exception nobody retrieved (the batch was put back and is sent again)."""
+    if not task.cancelled():
+        task.exception()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import enum
-from collections.abc import Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 
@@ -32,9 +32,10 @@ class WorkerSpec:
 
     worker_id: str
     servers: tuple[str, ...]  # this server's URL first, the peer's second
-    token: str
+    token: str  # the worker's own credential (common.credentials), never the cluster secret
     threads: int  # 0: one per core of the machine it runs on
     idle_exit_s: float
+    drain_timeout_s: float = 60.0  # on SIGTERM, how long it may finish running jobs
 
 
 class MemberState(enum.Enum):
@@ -47,7 +48,7 @@ class MemberState(enum.Enum):
 class FleetMember:
     worker_id: str
     state: MemberState
-    launched_at: float  # time.time() of the launch, as the launcher knows it
+    launched_at: float  # time.monotonic() of the launch, as the launcher knows it
     owned: bool = True  # False: found, not started by this server (counted, never terminated)
 
 
@@ -61,8 +62,9 @@ class Launcher(abc.ABC):
     async def start(self) -> None:  # noqa: B027 - an optional hook, not every launcher needs it
         """Prepare (open clients, adopt what already runs). Called once before anything else."""
 
-    def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
-        """Background loops the launcher needs (name -> coroutine), run and supervised by the node."""
+    def loops(self) -> dict[str, tuple[Callable[[], Awaitable[None]], float]]:
+        """Periodic work the launcher needs: name -> (step, seconds between steps). The node runs
+        and supervises each (an error is shown and retried, never fatal)."""
         return {}
 
     @abc.abstractmethod

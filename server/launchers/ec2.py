@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from server.config import ServerSettings
@@ -121,14 +121,16 @@ class Ec2Launcher(Launcher):
         settings: ServerSettings,
         *,
         client_factory: Callable[[], Any] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.template = settings.launch_template
         self.cluster = settings.cluster
         self.region = settings.aws_region or None
         self.server = settings.server_name
         self.reconcile_interval_s = settings.reconcile_interval_s
-        self.clock = clock
+        self.clock = clock  # monotonic: what every duration is measured on
+        self.wall = wall  # only to turn the cloud's LaunchTime into the monotonic clock
         self._client_factory = client_factory or self._default_client
         # The boto3 EC2 client (untyped), built in start() once the environment is final (tests start moto first).
         self.client: Any = None
@@ -163,19 +165,13 @@ class Ec2Launcher(Launcher):
             ) from exc
         await self.reconcile()  # adopt the fleet before the first scaling decision
 
-    def loops(self) -> dict[str, Coroutine[Any, Any, None]]:
-        return {"ec2-reconcile": self._reconcile_loop()}
+    def loops(self) -> dict[str, tuple[Callable[[], Awaitable[None]], float]]:
+        return {"ec2 reconcile": (self.reconcile, self.reconcile_interval_s)}
 
     async def close(self) -> None:
         # Instances keep running: they exit on their own when idle.
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-    async def _reconcile_loop(self) -> None:
-        while not self._closed:
-            await asyncio.sleep(self.reconcile_interval_s)
-            if not self._closed:
-                await self.reconcile()
 
     # -- the truth -------------------------------------------------------------------------
     def _filters(self) -> list[dict[str, Any]]:
@@ -200,9 +196,9 @@ class Ec2Launcher(Launcher):
         if tags.get(TAG_CLUSTER) != self.cluster or tags.get(TAG_ROLE) != ROLE_WORKER:
             return None
         launch_time = raw.get("LaunchTime")
-        launched_at = (
-            float(launch_time.timestamp()) if launch_time is not None and hasattr(launch_time, "timestamp") else now
-        )
+        launched_at = now
+        if launch_time is not None and hasattr(launch_time, "timestamp"):
+            launched_at = now - max(0.0, self.wall() - float(launch_time.timestamp()))
         return Instance(
             instance_id=raw["InstanceId"],
             worker_id=tags.get(TAG_WORKER_ID) or raw["InstanceId"],
@@ -214,6 +210,8 @@ class Ec2Launcher(Launcher):
 
     async def reconcile(self) -> None:
         """Rebuild the fleet view from DescribeInstances; a failure keeps the last view."""
+        if self._closed:
+            return
         try:
             raw = await self._call(self._describe)
         except Exception as exc:  # noqa: BLE001 - any AWS or network failure: keep the last view

@@ -12,8 +12,10 @@ import dataclasses
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
+from common.credentials import worker_credential
 from common.stats import smoothed
 from server.config import ServerSettings
 from server.launchers.base import FleetMember, Launcher, LaunchError, MemberState, WorkerSpec
@@ -45,7 +47,9 @@ class Autoscaler:
         guard: LaunchGuard,
         loans: Loans,
         servers: tuple[str, ...],
-        token: str,
+        secret: str,
+        on_reap: Callable[[list[str]], None] = lambda workers: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.scheduler = scheduler
@@ -54,7 +58,9 @@ class Autoscaler:
         self.guard = guard
         self.loans = loans
         self.servers = servers
-        self.token = token
+        self._secret = secret  # each launched worker gets only its own credential, derived from it
+        self.on_reap = on_reap
+        self.clock = clock
         self.params = policy.PolicyParams(settings.scale_up_wait_s, settings.target_drain_s)
         self.boot_timeout_s = settings.worker_boot_timeout_s or launcher.default_boot_timeout_s
         self.boot_s: float | None = None  # measured launch -> first report
@@ -66,16 +72,23 @@ class Autoscaler:
         self.wanted = 0
         self.stopping = False
         self._launch_tasks: set[asyncio.Task[None]] = set()
+        self._last_tick = 0.0
         self._seq = 0
 
-    # -- the loop --------------------------------------------------------------------------
-    async def run(self) -> None:
-        while not self.stopping:
-            await self.tick()
-            await asyncio.sleep(self.settings.scale_interval_s)
-
     async def tick(self) -> None:
-        now = time.time()
+        """One scaling decision (the node runs it every scale_interval_s)."""
+        if self.stopping:
+            return
+        now = self.clock()
+        gap = now - self._last_tick if self._last_tick else 0.0
+        if gap > max(self.settings.worker_dead_s / 2, 3 * self.settings.scale_interval_s + 1.0):
+            # This process was paused (SIGSTOP, a stalled VM): its workers could not have reached it.
+            # Count them as just heard from rather than reap a healthy fleet for our own silence.
+            log.warning(
+                "no scaling decision for %.1fs (paused?): giving every worker a fresh hearing", now - self._last_tick
+            )
+            self.registry.refresh_all()
+        self._last_tick = now
         fleet = await self.launcher.fleet()
         await self._reap_silent()
         await self._track_boots(fleet, now)
@@ -99,7 +112,7 @@ class Autoscaler:
         return policy.Observation(
             queued=len(self.scheduler.queued),
             backlog_cost=self.scheduler.backlog_cost,
-            oldest_wait_s=self.scheduler.oldest_wait_s(now),
+            oldest_wait_s=self.scheduler.oldest_wait_s(),
             live=self.view.live,
             starting=self.view.starting,
             allowed=self.loans.allowed,
@@ -112,8 +125,9 @@ class Autoscaler:
     def _spec(self) -> WorkerSpec:
         self._seq += 1
         worker_id = f"{self.settings.server_name}-w{self._seq}-{secrets.token_hex(3)}"
+        credential = worker_credential(self._secret, worker_id)
         return WorkerSpec(
-            worker_id, self.servers, self.token, self.settings.worker_threads, self.settings.worker_idle_s
+            worker_id, self.servers, credential, self.settings.worker_threads, self.settings.worker_idle_s
         )
 
     def _start_launch(self, count: int, now: float) -> None:
@@ -128,19 +142,19 @@ class Autoscaler:
         try:
             started = await self.launcher.launch(specs)
         except LaunchError as exc:
-            self.guard.failed(exc, time.time())
+            self.guard.failed(exc, self.clock())
             log.warning("launching %d worker(s) failed: %s", len(specs), exc)
             started = exc.started  # a partial launch still started some
         except Exception as exc:
             log.exception("launcher raised unexpectedly")
-            self.guard.failed(LaunchError(str(exc), retryable=True), time.time())
+            self.guard.failed(LaunchError(str(exc), retryable=True), self.clock())
             started = []
         else:
-            self.guard.succeeded(time.time())
+            self.guard.succeeded(self.clock())
             log.info("launched %d worker(s): %s", len(started), ", ".join(started))
         finally:
             self.launching -= len(specs)
-        launched_at = time.time()
+        launched_at = self.clock()
         for worker_id in started:
             self.unbooted[worker_id] = launched_at
             self.adopted.discard(worker_id)  # a reconciliation may have listed it mid-launch
@@ -191,15 +205,16 @@ class Autoscaler:
         """Workers whose reports stopped: requeue what they held here, stop them if ours."""
         for info in self.registry.silent_for(self.settings.worker_dead_s):
             held = self.scheduler.held_by(info.worker_id)
+            log.warning(
+                "worker %s silent for %.0fs: reaped, its credential revoked, its %d job(s) requeued",
+                info.worker_id,
+                self.settings.worker_dead_s,
+                len(held),
+            )
             if held:
-                log.warning(
-                    "worker %s silent for %.0fs; requeueing its %d job(s)",
-                    info.worker_id,
-                    self.settings.worker_dead_s,
-                    len(held),
-                )
                 await self.scheduler.expire(worker=info.worker_id)
             self.registry.forget(info.worker_id)
+            self.on_reap([info.worker_id])  # its credential stops working on both servers
             await self.launcher.terminate([info.worker_id])
 
     async def stop(self) -> None:

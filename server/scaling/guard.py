@@ -9,7 +9,7 @@ Three brakes, each visible in GET /status:
   `max_boot_failures` consecutive boot failures: no more launches except one probe every
   `probe_interval_s`, until a worker boots again.
 
-Times are whatever clock the caller passes as `now` (the autoscaler uses time.time()); the
+Times are whatever clock the caller passes as `now` (the autoscaler passes time.monotonic()); the
 `clock` is only used where a method is called without one.
 """
 
@@ -44,7 +44,7 @@ class LaunchGuard:
         if max_per_minute < 1:
             raise ValueError("max_per_minute must be >= 1")
         self.max_per_minute = max_per_minute
-        self.clock = clock or time.time
+        self.clock = clock or time.monotonic
         self.rng = rng or random.random
         self.base_backoff_s = base_backoff_s
         self.max_backoff_s = max_backoff_s

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from server.registry import MAX_RATE, Registry
+from tests.unit.support import FakeClock
 
 
 class Clock:
@@ -90,3 +91,33 @@ def test_stats_that_are_not_an_object_still_count_as_a_report(stats):
     clock.now = 101.0
     info = registry.touch("w", stats)
     assert (info.last_seen, info.rate, info.busy) == (101.0, None, False)
+
+
+def test_prune_forgets_workers_silent_for_long_and_returns_their_ids():
+    clock = Clock(100.0)
+    registry = Registry(clock)
+    registry.touch("gone")
+    clock.now = 150.0
+    registry.touch("quiet")
+    registry.touch("alive")
+    clock.now = 200.0
+    registry.touch("alive")
+    assert registry.prune(60.0) == ["gone"]  # silent for 100 s
+    assert registry.prune(60.0) == []
+    assert list(registry.workers) == ["quiet", "alive"]
+    assert registry.prune(50.0) == []  # exactly 50 s: still kept
+    clock.now = 200.1
+    assert registry.prune(50.0) == ["quiet"]
+    registry.touch("quiet")  # a pruned worker that reports again starts afresh
+    assert registry.workers["quiet"].first_seen == 200.1
+
+
+def test_a_wall_clock_step_makes_no_worker_silent():
+    clock = FakeClock()
+    registry = Registry(clock.mono)  # as server.node wires it
+    registry.touch("w1")
+    for step in (3600.0, -7200.0):
+        clock.step_wall(step)
+        assert registry.silent_for(15.0) == [] and registry.prune(15.0) == []
+    clock.advance(15.1)
+    assert [w.worker_id for w in registry.silent_for(15.0)] == ["w1"]

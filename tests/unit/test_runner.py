@@ -20,7 +20,7 @@ import pytest
 from common import http
 from native.reference import chain
 from tests.unit.support import aio, until
-from worker.client import LeasedJob
+from worker.client import Held, LeasedJob, Report
 from worker.config import WorkerSettings
 from worker.runner import INLINE_HASH_MAX, Worker
 
@@ -38,13 +38,16 @@ class FakeServer:
         self.lease_s = lease_s
         self.queue: collections.deque[LeasedJob] = collections.deque()
         self.expected: dict[str, str] = {}  # work id -> the right digest
+        self.lease_ids: dict[str, set[str]] = collections.defaultdict(set)  # work id -> lease ids issued
+        self.lease_waits: list[float] = []
         self.completed: dict[str, str] = {}
         self.failures: dict[str, str] = {}
         self.complete_calls: list[int] = []
         self.foreign: list[str] = []
         self.released: list[str] = []
         self.heartbeats: list[list[str]] = []
-        self.lost: set[str] = set()
+        self.lost: set[str] = set()  # work ids whose leases are lost, all of them
+        self.lost_leases: set[str] = set()  # single lost leases
         self.errors: dict[str, collections.deque[Exception]] = collections.defaultdict(collections.deque)
         self.down = False  # every lease fails with Unavailable
         self.block_complete: asyncio.Event | None = None  # set: complete calls wait for it (before arriving)
@@ -58,11 +61,22 @@ class FakeServer:
         for _ in range(count):
             n = len(self.expected) + 1
             work_id, body = f"{self.name}.{n}.abcdef", f"{self.name}-body-{n}".encode()
-            self.queue.append(LeasedJob(work_id, iterations, body, self.url))
+            self.queue.append(self._leased(work_id, iterations, body))
             self.expected[work_id] = chain(body, iterations).hex()
             ids.append(work_id)
         self.arrived.set()
         return ids
+
+    def _leased(self, work_id: str, iterations: int, body: bytes) -> LeasedJob:
+        lease_id = f"lease-{work_id}-{len(self.lease_ids[work_id])}-0123456789"
+        self.lease_ids[work_id].add(lease_id)
+        return LeasedJob(work_id, lease_id, iterations, body, self.url)
+
+    def again(self, job: LeasedJob) -> LeasedJob:
+        """The same job queued once more under a new lease (its earlier one expired meanwhile)."""
+        leased = self._leased(job.work_id, job.iterations, job.body)
+        self.queue.append(leased)
+        return leased
 
     def _fail(self, call: str) -> None:
         if self.errors[call]:
@@ -70,6 +84,7 @@ class FakeServer:
 
     async def lease(self, max_jobs: int, wait_s: float) -> tuple[float, list[LeasedJob]]:
         self.events.append(("lease", self.url))
+        self.lease_waits.append(wait_s)
         await asyncio.sleep(0)
         if self.down:
             raise http.Unavailable(f"{self.url}: connection refused", not_done=True)
@@ -82,32 +97,40 @@ class FakeServer:
         self.events.append(("leased", self.url, len(jobs)))
         return self.lease_s, jobs
 
-    async def complete(
-        self, results: list[tuple[str, str]], failures: list[tuple[str, str]], stats: dict[str, Any]
-    ) -> dict[str, Any]:
+    def _ours(self, work_id: str, lease_id: str) -> bool:
+        """Whether the entry names the lease this server handed out for the job."""
+        if lease_id not in self.lease_ids.get(work_id, ()):
+            self.foreign.append(work_id)
+            return False
+        return True
+
+    async def complete(self, results: list[Report], failures: list[Report], stats: dict[str, Any]) -> int:
         self.complete_started.set()
         if self.block_complete is not None:
             await self.block_complete.wait()
         self._fail("complete")
-        self.foreign += [w for w, _ in results + failures if w not in self.expected]
-        for work_id, digest in results:
-            self.completed.setdefault(work_id, digest)
-        self.failures.update(failures)
+        accepted = 0
+        for work_id, lease_id, digest in results:
+            if self._ours(work_id, lease_id) and work_id not in self.completed:
+                self.completed[work_id] = digest
+                accepted += 1
+        self.failures.update((w, error) for w, lease_id, error in failures if self._ours(w, lease_id))
         self.complete_calls.append(len(results) + len(failures))
         await asyncio.sleep(0)  # the answer's trip back
-        return {"accepted": len(results), "duplicates": 0}
+        return accepted
 
-    async def heartbeat(self, work_ids: list[str], stats: dict[str, Any]) -> list[str]:
-        self.heartbeats.append(list(work_ids))
+    async def heartbeat(self, held: list[Held], stats: dict[str, Any]) -> list[str]:
+        self.heartbeats.append([w for w, lease_id in held if self._ours(w, lease_id)])
         await asyncio.sleep(0)
         self._fail("heartbeat")
-        lost = [w for w in work_ids if w in self.lost]
+        # what the service answers: the work id of each named lease that is not current
+        lost = [(w, lease_id) for w, lease_id in held if w in self.lost or lease_id in self.lost_leases]
         if lost:
             self.lost_told.set()
         return lost
 
-    async def release(self, work_ids: list[str], stats: dict[str, Any]) -> None:
-        self.released += work_ids
+    async def release(self, held: list[Held], stats: dict[str, Any]) -> None:
+        self.released += [w for w, lease_id in held if self._ours(w, lease_id)]
         self.released_event.set()
         await asyncio.sleep(0)
 
@@ -137,6 +160,7 @@ class Hasher:
 
 def make_worker(hasher: Hasher, servers: Sequence[str] = (OWN,), *, lanes: int = 1, **settings: Any) -> Worker:
     settings = {"threads": 1, "idle_exit_s": 0.0, "lease_wait_s": 0.05, "drain_timeout_s": 10.0, **settings}
+    settings.setdefault("worker_id", "w1")
     return Worker(WorkerSettings(server=list(servers), **settings), "t" * 16, hasher=hasher, lanes=lanes)
 
 
@@ -189,11 +213,6 @@ async def test_the_peer_is_leased_only_while_the_own_server_is_idle():
     assert peer_leases_while_own_busy(events, from_start=False) == []
 
 
-@pytest.mark.xfail(
-    reason="worker/runner.py Worker.__init__ sets _own_idle before the own server ever answered, so the "
-    "first peer lease races the first own lease (and a starting worker leases up to twice its target)",
-    strict=True,
-)
 @aio
 async def test_a_starting_worker_asks_its_own_server_first():
     events: list[tuple[Any, ...]] = []
@@ -203,6 +222,8 @@ async def test_a_starting_worker_asks_its_own_server_first():
     worker = make_worker(Hasher(), [OWN, PEER])
     await run_until(worker, [own, peer], lambda: len(own.completed) + len(peer.completed) == 8, "every result")
     assert peer_leases_while_own_busy(events, from_start=True) == []
+    # the own server's first answer comes at once; long-polls (lease_wait_s) only after it
+    assert own.lease_waits[0] == 0.0 and set(own.lease_waits[1:]) == {0.05}
 
 
 @aio
@@ -244,6 +265,27 @@ async def test_leases_reported_lost_are_not_started():
     assert own.completed == {first: own.expected[first]}
     assert hasher.hashed == [b"own-body-1"]
     assert second not in own.released  # no longer this worker's to give back
+
+
+@aio
+async def test_a_job_held_again_under_a_new_lease_survives_the_old_lease_reported_lost():
+    own = FakeServer(OWN, lease_s=0.3)
+    own.add(2, iterations=SLOW)  # hashed first, together (two lanes), held at the gate
+    (job,) = own.add(1)
+    stale = own.queue[-1]
+    own.lost_leases.add(stale.lease_id)
+    own.again(stale)  # the worker holds the job twice: under the lost lease and a current one
+    gate = threading.Event()
+    worker = make_worker(Hasher(gate=gate), lanes=2)
+    task = asyncio.ensure_future(worker.run([own]))
+    try:
+        await asyncio.wait_for(own.lost_told.wait(), 8.0)
+    finally:
+        gate.set()
+    await until(lambda: len(own.completed) >= 2 and worker.held == 0, 8.0, "the gated batch done")
+    worker.stop("test over")
+    assert await asyncio.wait_for(task, 8.0) == 0
+    assert job in own.completed
 
 
 @aio
@@ -296,7 +338,7 @@ async def test_an_idle_worker_exits_after_idle_exit_s():
     assert own.heartbeats  # an idle worker still tells its own server it is alive
 
 
-@pytest.mark.parametrize("call", ["lease", "heartbeat"])
+@pytest.mark.parametrize("call", ["lease", "heartbeat", "complete"])
 @aio
 async def test_unauthorized_is_fatal(call):
     own = FakeServer(OWN)
@@ -318,11 +360,6 @@ async def test_a_batch_refused_with_unavailable_is_sent_again():
     assert not own.errors["complete"]  # both failures were met, and the batch still arrived
 
 
-@pytest.mark.xfail(
-    reason="worker/runner.py _flush takes the batch out of self.done before `await client.complete`; when "
-    "_drain cancels the flush loop during that call, the batch is neither reported nor restored",
-    strict=True,
-)
 @aio
 async def test_a_report_in_flight_when_the_worker_stops_is_not_lost():
     own = FakeServer(OWN)

@@ -1,126 +1,37 @@
-"""server.service over a real Store, Scheduler, Registry and Loans; a small fake stands in for the peer."""
+"""server.service over a real node (store, scheduler, registry, hand-outs, peering) on a tmp dir;
+the peer, where one is needed, is a second real node served on a loopback port."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
-from common import http
 from common.ids import WorkId
-from server.config import ServerSettings
-from server.errors import BadRequest, NotFound, TooLarge, Unavailable
+from server.errors import Conflict, NotFound, TooLarge, Unavailable
 from server.jobs import State
-from server.loans import Loans
-from server.registry import Registry
-from server.scheduler import Scheduler
-from server.service import MAX_ERROR_CHARS, LeaseGrant, Service
-from tests.unit.support import aio, flush, opened_store
-
-DIGEST = bytes(range(64))
-
-
-class Upload:
-    """A request body as the service sees it; remembers whether it was read."""
-
-    def __init__(self, body: bytes, content_length: int | None = -1) -> None:
-        self.body = body
-        self.content_length = len(body) if content_length == -1 else content_length
-        self.reads: list[int] = []
-
-    async def read(self, limit: int) -> bytes:
-        self.reads.append(limit)
-        return self.body
-
-
-class FakePeer:
-    """The peer client's surface the service uses; `error` makes every call fail with it."""
-
-    url = "http://peer.invalid"
-    name = "b"
-    last_error = None
-
-    def __init__(self) -> None:
-        self.items: list[dict[str, Any]] = []
-        self.statuses: dict[str, dict[str, Any]] = {}
-        self.error: http.HttpError | None = None
-        self.pulls: list[int] = []
-
-    def reachable(self) -> bool:
-        return self.error is None
-
-    async def pull(self, top: int) -> list[dict[str, Any]]:
-        self.pulls.append(top)
-        if self.error:
-            raise self.error
-        items, self.items = self.items[:top], self.items[top:]
-        return items
-
-    async def get_work(self, work_id: str, wait_s: float) -> dict[str, Any]:
-        if self.error:
-            raise self.error
-        if work_id not in self.statuses:
-            raise http.NotFound("no such job", status=404)
-        return self.statuses[work_id]
-
-
-class Fleet:
-    wanted = 3
-
-    def fleet_size(self) -> int:
-        return 2
-
-    def status(self) -> dict[str, Any]:
-        return {"live": 2, "starting": 0, "max": 5, "allowed": 5}
-
-
-@contextlib.asynccontextmanager
-async def service_for(tmp_path, *, peer=None, fleet=None, max_workers=0, **settings) -> AsyncIterator[Service]:
-    settings.setdefault("max_attempts", 2)
-    config = ServerSettings(name="a", launcher="none", state_dir=tmp_path, max_body_bytes=100, **settings)
-    async with opened_store(tmp_path / "jobs.db") as store:
-        scheduler = Scheduler(store, lease_s=config.lease_s, max_attempts=config.max_attempts)
-        yield Service(
-            config,
-            store=store,
-            scheduler=scheduler,
-            registry=Registry(),
-            loans=Loans(max_workers),
-            peer=peer,
-            fleet=fleet,
-        )
-
-
-async def lease(service: Service, worker: str = "w1", max_jobs: int = 10, wait_s: float = 0.0) -> LeaseGrant:
-    grants: list[LeaseGrant] = []
-
-    async def deliver(grant: LeaseGrant) -> None:
-        grants.append(grant)
-
-    await service.lease(worker, max_jobs, wait_s, deliver)
-    (grant,) = grants
-    return grant
+from server.service import MAX_ERROR_CHARS, Entry, LeaseGrant
+from tests.unit.fake_http_server import dead_url
+from tests.unit.service_support import DIGEST, Upload, lease, lease_one, node_pair, pull, result
+from tests.unit.support import aio, flush, opened_node
 
 
 @aio
 async def test_a_job_goes_enqueue_lease_complete_pull(tmp_path):
-    async with service_for(tmp_path, lease_s=12.0) as service:
+    async with opened_node(tmp_path, lease_s=12.0) as node:
+        service = node.service
         work_id = await service.enqueue(5, Upload(b"payload"))
         assert (work_id.server, work_id.seq) == ("a", 1)
         grant = await lease(service)
         assert grant.lease_s == 12.0
         assert [(j.work_id, j.iterations, j.body) for j in grant.jobs] == [(work_id, 5, b"payload")]
-        assert await service.complete("w1", [(str(work_id), DIGEST)], [], {"rate": 1e6}) == {
-            "accepted": 1,
-            "duplicates": 0,
-        }
-        assert await service.complete("w2", [(str(work_id), bytes(64))], [], None) == {"accepted": 0, "duplicates": 1}
-        (item,) = await service.pull_completed(10)
+        (job,) = grant.jobs
+        assert await service.complete("w1", [result(job)], [], {"rate": 1e6}) == {"accepted": 1, "duplicates": 0}
+        # the same report again (a retry after a lost answer) is a duplicate, not an error
+        assert await service.complete("w1", [result(job, bytes(64))], [], None) == {"accepted": 0, "duplicates": 1}
+        (item,) = await pull(service, 10)
         assert item["work_id"] == str(work_id) and item["result"] == DIGEST.hex() and item["iterations"] == 5
-        assert await service.pull_completed(10) == []  # handed out once
+        assert await pull(service, 10) == []  # handed out once
         status = await service.work(str(work_id), 0)
         assert (status["status"], status["result"]) == ("completed", DIGEST.hex())
         assert service.registry.workers["w1"].rate == 1e6
@@ -128,20 +39,21 @@ async def test_a_job_goes_enqueue_lease_complete_pull(tmp_path):
 
 @aio
 async def test_enqueue_refuses_a_body_announced_too_large_before_reading_it(tmp_path):
-    async with service_for(tmp_path) as service:
+    async with opened_node(tmp_path, max_body_bytes=100) as node:
         upload = Upload(b"x" * 101)
         with pytest.raises(TooLarge) as info:
-            await service.enqueue(1, upload)
+            await node.service.enqueue(1, upload)
         assert info.value.status == 413 and upload.reads == []
         unannounced = Upload(b"x" * 10, content_length=None)
-        await service.enqueue(1, unannounced)
+        await node.service.enqueue(1, unannounced)
         assert unannounced.reads == [100]  # the read itself is bounded by the limit
-        assert len(service.scheduler.queued) == 1
+        assert len(node.scheduler.queued) == 1
 
 
 @aio
 async def test_enqueue_answers_unavailable_when_full_or_closing(tmp_path):
-    async with service_for(tmp_path, max_queued=2) as service:
+    async with opened_node(tmp_path, max_queued=2) as node:
+        service = node.service
         await service.enqueue(1, Upload(b"a"))
         await service.enqueue(1, Upload(b"b"))
         upload = Upload(b"c")
@@ -156,161 +68,146 @@ async def test_enqueue_answers_unavailable_when_full_or_closing(tmp_path):
             await service.enqueue(1, Upload(b"d"))
         assert info.value.retry_after_s == 1
         with pytest.raises(Unavailable):
-            service.health()
+            service.health_report()
 
 
 @aio
 async def test_lease_hands_out_at_most_the_servers_batch_maximum(tmp_path):
-    async with service_for(tmp_path, lease_batch_max=2) as service:
+    async with opened_node(tmp_path, lease_batch_max=2) as node:
         for body in (b"a", b"b", b"c"):
-            await service.enqueue(1, Upload(body))
-        assert [j.body for j in (await lease(service, max_jobs=100)).jobs] == [b"a", b"b"]
-        assert (await lease(service, wait_s=0.01)).jobs[0].body == b"c"
-        assert (await lease(service, wait_s=0.01)).jobs == []  # an empty long-poll is delivered too
+            await node.service.enqueue(1, Upload(body))
+        jobs = (await lease(node.service, max_jobs=100)).jobs
+        assert [j.body for j in jobs] == [b"a", b"b"]
+        assert all(len(j.lease_id) >= 16 for j in jobs) and jobs[0].lease_id != jobs[1].lease_id
+        assert (await lease(node.service, wait_s=0.01)).jobs[0].body == b"c"
+        assert (await lease(node.service, wait_s=0.01)).jobs == []  # an empty long-poll is delivered too
 
 
 @pytest.mark.parametrize("failure", [ConnectionResetError("worker gone"), asyncio.CancelledError()])
 @aio
 async def test_jobs_that_could_not_be_delivered_go_back_at_once(tmp_path, failure):
-    async with service_for(tmp_path) as service:
-        work_id = await service.enqueue(1, Upload(b"a"))
+    async with opened_node(tmp_path) as node:
+        work_id = await node.service.enqueue(1, Upload(b"a"))
 
         async def deliver(grant: LeaseGrant) -> None:
             assert grant.jobs
             raise failure
 
         with pytest.raises(type(failure)):
-            await service.lease("w1", 10, 0, deliver)
-        assert list(service.scheduler.queued) == [work_id.seq] and not service.scheduler.leases
-        await flush(service.store)
-        record = service.store.get(work_id.seq)
+            await node.service.lease("w1", 10, 0, deliver)
+        assert list(node.scheduler.queued) == [work_id.seq] and not node.scheduler.leases
+        await flush(node.store)
+        record = node.store.get(work_id.seq)
         assert (record.state, record.attempts) == (State.QUEUED, 0)  # the attempt is refunded
 
 
 @aio
-async def test_complete_ignores_other_servers_and_malformed_ids(tmp_path):
-    async with service_for(tmp_path) as service:
-        work_id = await service.enqueue(1, Upload(b"a"))
-        await lease(service)
-        foreign = str(WorkId("b", work_id.seq, work_id.nonce))
-        results = [(foreign, DIGEST), ("garbage", DIGEST), (f"{work_id}\n", DIGEST), (None, DIGEST)]
-        failures = [(foreign, "x"), ("a.1", "y")]
-        assert await service.complete("w1", results, failures, None) == {"accepted": 0, "duplicates": 0}
-        assert service.scheduler.held_by("w1") == [work_id.seq]
+async def test_reports_naming_other_servers_or_malformed_ids_are_refused_whole(tmp_path):
+    # Was "complete ignores other servers and malformed ids" ({"accepted": 0}): since leases are
+    # capabilities a report naming anything but this worker's lease is refused (409) whole.
+    async with opened_node(tmp_path) as node:
+        await node.service.enqueue(1, Upload(b"a"))
+        job = await lease_one(node.service)
+        foreign = str(WorkId("b", job.work_id.seq, job.work_id.nonce))
+        for bad in (foreign, "garbage", f"{job.work_id}\n", "a.1"):
+            with pytest.raises(Conflict) as info:
+                await node.service.complete("w1", [Entry(bad, job.lease_id, DIGEST)], [], None)
+            assert info.value.status == 409
+            assert info.value.details["rejected"] == [
+                {"work_id": bad, "reason": "not a work id of server a"},
+            ]
+        with pytest.raises(Conflict):
+            await node.service.complete("w1", [], [Entry(foreign, job.lease_id, "x")], None)
+        assert node.scheduler.held_by("w1") == [job.work_id.seq]
+        await flush(node.store)
+        assert node.store.get(job.work_id.seq).state is State.RUNNING
 
 
 @aio
 async def test_reported_failures_retry_then_fail_with_a_bounded_error(tmp_path):
-    async with service_for(tmp_path, max_attempts=2) as service:
+    async with opened_node(tmp_path, max_attempts=2) as node:
+        service = node.service
         work_id = await service.enqueue(1, Upload(b"a"))
-        await lease(service)
-        await service.complete("w1", [], [(str(work_id), "first")], None)
-        assert list(service.scheduler.queued) == [work_id.seq]
-        await lease(service)
-        await service.complete("w1", [], [(str(work_id), "x" * 5000)], None)
-        record = service.store.get(work_id.seq)
+        first = await lease_one(service)
+        assert await service.complete("w1", [], [result(first, "first")], None) == {"accepted": 0, "duplicates": 0}
+        assert list(node.scheduler.queued) == [work_id.seq]
+        second = await lease_one(service)
+        await service.complete("w1", [], [result(second, "x" * 5000)], None)
+        record = node.store.get(work_id.seq)
         assert record.state is State.FAILED
         assert record.error == "worker error: " + "x" * MAX_ERROR_CHARS
 
 
 @aio
-async def test_heartbeat_and_release_shapes(tmp_path):
-    async with service_for(tmp_path, lease_s=9.0) as service:
-        mine = await service.enqueue(1, Upload(b"a"))
-        other = await service.enqueue(1, Upload(b"b"))
-        await lease(service, "w1", max_jobs=1)
-        await lease(service, "w2", max_jobs=1)
-        ids = [str(mine), str(other), "b.1.abcdef", "nonsense"]
-        assert service.heartbeat("w1", ids, {"busy": True}) == {"lost": [str(other)], "lease_s": 9.0}
-        assert service.registry.workers["w1"].busy is True
-        with pytest.raises(BadRequest):
-            service.heartbeat("w1", "a.1.abcdef", None)
-        assert await service.release("w1", ids, None) == {"released": 1}
-        assert list(service.scheduler.queued) == [mine.seq]
-        with pytest.raises(BadRequest):
-            await service.release("w1", {"work_ids": []}, None)
-
-
-@aio
 async def test_work_not_found_for_bad_unknown_and_wrong_nonce_ids(tmp_path):
-    async with service_for(tmp_path) as service:
-        work_id = await service.enqueue(1, Upload(b"a"))
-        assert (await service.work(str(work_id), 0))["status"] == "queued"
+    async with opened_node(tmp_path) as node:
+        work_id = await node.service.enqueue(1, Upload(b"a"))
+        assert (await node.service.work(str(work_id), 0))["status"] == "queued"
         wrong_nonce = str(WorkId("a", work_id.seq, "zzzzzz" if work_id.nonce != "zzzzzz" else "yyyyyy"))
-        for bad in ("garbage", "a.99.abcdef", wrong_nonce, f"{work_id} ", "b.1.abcdef"):
+        huge = f"a.{2**63}.{work_id.nonce}"  # beyond SQLite's integers: no job, not an error
+        for bad in ("garbage", "a.99.abcdef", wrong_nonce, f"{work_id} ", f"{work_id}\n", huge, "b.1.abcdef"):
             with pytest.raises(NotFound):
-                await service.work(bad, 0)  # the last: another server's id, and no peer to ask
+                await node.service.work(bad, 0)  # the last: another server's id, and no peer to ask
 
 
 @aio
 async def test_work_long_polls_until_the_job_finishes(tmp_path):
-    async with service_for(tmp_path) as service:
-        work_id = await service.enqueue(1, Upload(b"a"))
-        waiting = asyncio.ensure_future(service.work(str(work_id), 60.0))
-        await lease(service)
+    async with opened_node(tmp_path) as node:
+        work_id = await node.service.enqueue(1, Upload(b"a"))
+        waiting = asyncio.ensure_future(node.service.work(str(work_id), 60.0))
+        job = await lease_one(node.service)
         assert not waiting.done()
-        await service.complete("w1", [(str(work_id), DIGEST)], [], None)
+        await node.service.complete("w1", [result(job)], [], None)
         status = await asyncio.wait_for(waiting, 5.0)
         assert status["status"] == "completed"
 
 
 @aio
 async def test_work_of_a_peer_job_asks_the_peer(tmp_path):
-    peer = FakePeer()
-    peer_status = {"work_id": "b.7.abcdef", "status": "running"}
-    peer.statuses["b.7.abcdef"] = peer_status
-    async with service_for(tmp_path, peer=peer) as service:
-        assert await service.work("b.7.abcdef", 0) == peer_status
+    async with node_pair(tmp_path) as (a, b):
+        theirs = await b.service.enqueue(3, Upload(b"b-body"))
+        status = await a.service.work(str(theirs), 0)
+        assert status == await b.service.work(str(theirs), 0)
+        assert (status["work_id"], status["status"]) == (str(theirs), "queued")
         with pytest.raises(NotFound):
-            await service.work("b.8.abcdef", 0)
-        peer.error = http.Unavailable("peer down")
+            await a.service.work(str(WorkId("b", theirs.seq + 1, theirs.nonce)), 0)
+    async with opened_node(tmp_path / "alone", peer=dead_url()) as lonely:
         with pytest.raises(Unavailable) as info:
-            await service.work("b.7.abcdef", 0)
+            await lonely.service.work("b.7.abcdef", 0)
         assert info.value.retry_after_s == 5
 
 
 @aio
 async def test_pull_completed_merges_the_peers_results_newest_first(tmp_path):
-    peer = FakePeer()
-    peer.items = [
-        {"work_id": "b.1.abcdef", "result": "00" * 64, "iterations": 1, "completed_at": 3e9},
-        {"work_id": "b.2.abcdef", "result": "11" * 64, "iterations": 1, "completed_at": 1.0},
-    ]
-    async with service_for(tmp_path, peer=peer) as service:
-        own = await service.enqueue(1, Upload(b"a"))
-        await lease(service)
-        await service.complete("w1", [(str(own), DIGEST)], [], None)
-        items = await service.pull_completed(2)
-        assert [item["work_id"] for item in items] == ["b.1.abcdef", str(own)]
-        assert peer.pulls == [1]  # the peer is asked only for what is left of `top`
-        assert [item["work_id"] for item in await service.pull_completed(5)] == ["b.2.abcdef"]
-        peer.items = [{"work_id": "b.3.abcdef", "result": "22" * 64, "iterations": 1, "completed_at": 2.0}]
-        peer.error = http.Unavailable("peer down")
-        assert await service.pull_completed(5) == []  # a peer that is down is skipped; its results wait
-        peer.error = None
-        assert [item["work_id"] for item in await service.pull_completed(5)] == ["b.3.abcdef"]
-        assert await service.peer_pull(5) == []  # the peer API never asks the peer back
-
-
-@aio
-async def test_sync_loans_grants_what_the_fleet_does_not_need(tmp_path):
-    async with service_for(tmp_path, max_workers=5) as service:
-        await service.enqueue(1, Upload(b"a"))
-        assert service.sync_loans(want=9, in_use=0) == {"name": "a", "granted": 5, "queued": 1}
-        assert service.loans.lent == 5
-    async with service_for(tmp_path, max_workers=5, fleet=Fleet()) as service:
-        assert service.sync_loans(want=9, in_use=0) == {"name": "a", "granted": 2, "queued": 0}  # 5 - wanted 3
+    async with node_pair(tmp_path) as (a, b):
+        ours, theirs = [], []
+        for node, made in ((a, ours), (b, theirs)):
+            for _ in range(2):
+                made.append(await node.service.enqueue(1, Upload(b"x")))
+        # completed at: b's first 100, a's first 200, b's second 300, a's second 400
+        for at, (node, work_id) in enumerate(((b, theirs[0]), (a, ours[0]), (b, theirs[1]), (a, ours[1])), 1):
+            node.clock.wall_now = 100.0 * at
+            job = await lease_one(node.service)
+            assert job.work_id == work_id
+            await node.service.complete("w1", [result(job)], [], None)
+        items = await pull(a.service, 3)  # own first: both of a's, then the newest one of b's
+        assert [item["work_id"] for item in items] == [str(ours[1]), str(theirs[1]), str(ours[0])]
+        assert [item["work_id"] for item in await pull(a.service, 5)] == [str(theirs[0])]
+        assert await pull(a.service, 5) == []
+        reply = await b.service.peer_reserve(5)  # the peer API hands out only the server's own
+        assert reply["items"] == [] and isinstance(reply["handout"], str)
 
 
 @aio
 async def test_status_and_health(tmp_path):
-    async with service_for(tmp_path) as service:
-        work_id = await service.enqueue(1, Upload(b"a"))
+    async with opened_node(tmp_path) as node:
+        service = node.service
+        await service.enqueue(1, Upload(b"a"))
         await service.enqueue(1, Upload(b"b"))
-        await lease(service, max_jobs=1)
-        await service.complete("w1", [(str(work_id), DIGEST)], [], None)
-        assert service.health() == {"ok": True, "server": "a"}
-        status = await service.status()
+        job = await lease_one(service)
+        await service.complete("w1", [result(job)], [], None)
+        assert service.health_report() == {"ok": True, "server": "a"}
+        status = await service.status(detail=False)
         assert {k: status[k] for k in ("server", "queued", "running", "completed", "failed", "peer", "closing")} == {
             "server": "a",
             "queued": 1,
@@ -321,3 +218,11 @@ async def test_status_and_health(tmp_path):
             "closing": False,
         }
         assert status["launcher"] == {"kind": "none"} and status["workers_reporting"] == 1
+        assert "store" not in status and "url" not in status  # operator details only
+        detail = await service.status(detail=True)
+        assert detail["store"]["commits"] > 0 and detail["url"] == "http://127.0.0.1:8001"
+        node.health.failing("lease sweep", "StoreError", "disk full at /var/lib/x")
+        report = service.health_report()
+        assert report["ok"] is False and report["status"] == "degraded"
+        assert report["problems"]["lease sweep"]["error"] == "StoreError"
+        assert "detail" not in report["problems"]["lease sweep"]  # no raw error text in public

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from common.settings import SettingsError, build_parser, read_token
+from common.settings import SettingsError, build_parser, load, option, read_token
 from server.config import ServerSettings
 from server.config import load_settings as load_server
 from worker.config import WorkerSettings
@@ -31,13 +33,17 @@ def load_error(capsys, argv, environ=None, loader=load_worker) -> str:
 
 
 def test_defaults_come_from_the_fields():
-    settings = load_worker(["--server", URL], {})
-    assert settings == WorkerSettings(server=[URL])
-    assert settings.idle_exit_s == 60.0 and settings.token_file == Path(".run/cluster.token")
+    settings = load_worker(["--server", URL, "--worker-id", "w1"], {})
+    assert settings == WorkerSettings(server=[URL], worker_id="w1")
+    # a worker holds its own credential now, not the cluster secret (issue 9)
+    assert settings.idle_exit_s == 60.0 and settings.token_file == Path(".run/worker.token")
+    assert settings.identity == "w1"
 
 
 def test_precedence_flag_then_environment_then_file_then_default(tmp_path):
-    config = write_config(tmp_path, 'threads = 3\nidle_exit_s = 7.5\nlog_level = "DEBUG"\nserver = ["http://f"]\n')
+    config = write_config(
+        tmp_path, 'threads = 3\nidle_exit_s = 7.5\nlog_level = "DEBUG"\nserver = ["http://f"]\nworker_id = "w1"\n'
+    )
     env = {"DYNWORK_WORKER_THREADS": "2", "DYNWORK_WORKER_IDLE_EXIT_S": "9"}
     settings = load_worker(["--config", str(config), "--threads", "1"], env)
     assert settings.threads == 1  # flag over environment and file
@@ -50,10 +56,11 @@ def test_precedence_flag_then_environment_then_file_then_default(tmp_path):
 
 
 def test_list_options_from_flags_environment_and_file(tmp_path):
-    assert load_worker(["--server", "http://a/", "--server", "http://b"], {}).servers == ["http://a", "http://b"]
-    env = {"DYNWORK_WORKER_SERVER": "http://a, http://b,"}
+    argv = ["--server", "http://a/", "--server", "http://b", "--worker-id", "w1"]
+    assert load_worker(argv, {}).servers == ["http://a", "http://b"]
+    env = {"DYNWORK_WORKER_SERVER": "http://a, http://b,", "DYNWORK_WORKER_WORKER_ID": "w1"}
     assert load_worker([], env).server == ["http://a", "http://b"]
-    config = write_config(tmp_path, 'server = ["http://c"]\n')
+    config = write_config(tmp_path, 'server = ["http://c"]\nworker_id = "w1"\n')
     flagged = load_worker(["--config", str(config), "--server", "http://d"], {})
     assert flagged.server == ["http://d"]  # a flag replaces the file's list, it does not extend it
 
@@ -79,15 +86,29 @@ def test_path_options():
     assert load_server([], {"DYNWORK_TOKEN_FILE": "/etc/t"}).token_file == Path("/etc/t")
 
 
-@pytest.mark.xfail(
-    reason="common/settings.py _converter: `str(origin) == 'types.UnionType'` never matches (str() of the class "
-    "is \"<class 'types.UnionType'>\"), so `X | None` fields such as --pid-file/--log-file refuse every value",
-    strict=True,
-)
 def test_optional_path_options(tmp_path):
     settings = load_server(["--pid-file", str(tmp_path / "p.pid"), "--log-file", "s.log"], {})
     assert settings.pid_file == tmp_path / "p.pid" and settings.log_file == Path("s.log")
     assert load_server([], {"DYNWORK_PID_FILE": ""}).pid_file is None
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    limit: Optional[int] = option(None, "an Optional[...] option")  # noqa: UP045 - the spelling under test
+    ratio: float | None = option(None, "an `X | None` option")
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, Sample()),
+        (["--limit", "3", "--ratio", "0.5"], {}, Sample(3, 0.5)),
+        ([], {"S_LIMIT": "4", "S_RATIO": "2"}, Sample(4, 2.0)),
+        (["--limit", ""], {"S_RATIO": ""}, Sample()),  # empty: not set
+    ],
+)
+def test_optional_options_in_both_spellings(argv, env, expected):
+    assert load(Sample, argv, prog="p", description="d", env_prefix="S_", environ=env) == expected
 
 
 def test_dashes_in_config_keys_and_flag_aliases(tmp_path):
@@ -107,6 +128,8 @@ def test_unknown_config_keys_are_refused(tmp_path, capsys):
         (["--server", URL, "--threads", "many"], {}, "flag: bad value 'many' for threads"),
         (["--server", URL], {"DYNWORK_WORKER_IDLE_EXIT_S": "soon"}, "environment DYNWORK_WORKER_IDLE_EXIT_S"),
         (["--server", URL, "--threads", "-1"], {}, "threads and idle_exit_s must be >= 0"),
+        (["--server", URL], {}, "give --worker-id"),
+        (["--server", URL], {"DYNWORK_WORKER_WORKER_ID": ""}, "give --worker-id"),
         ([], {}, "give one or two --server URLs"),
         (["--server", "a", "--server", "b", "--server", "c"], {}, "give one or two --server URLs"),
     ],
@@ -141,7 +164,7 @@ def test_bad_config_values_and_files(tmp_path, capsys):
 
 def test_help_names_every_environment_variable():
     text = " ".join(build_parser(WorkerSettings, "worker", "d", "DYNWORK_WORKER_").format_help().split())
-    for name in ("THREADS", "IDLE_EXIT_S", "SERVER", "TOKEN_FILE"):
+    for name in ("THREADS", "IDLE_EXIT_S", "SERVER", "TOKEN_FILE", "WORKER_ID"):
         assert f"env DYNWORK_WORKER_{name}" in text
     assert "precedence: flag, environment, config file, default" in text
 

@@ -1,29 +1,17 @@
-"""server.store: durable job storage on a real SQLite file, one writer thread, group commits."""
+"""server.store: durable job storage on a real SQLite file (the writer thread: test_db.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
 
 import pytest
 
 from server.jobs import JobRecord, Outcome, State
-from server.store import Store, StoreError
+from server.store import Grant, Store, StoreError
 from tests.unit.support import aio, flush, opened_store
 
 DIGEST = bytes(range(64))
 OTHER_DIGEST = bytes(64)
-
-
-def committed_count(store: Store) -> int:
-    """Rows visible to a separate connection: what is committed, nothing in flight."""
-    with sqlite3.connect(store.path) as conn:
-        return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
-
-
-async def wait_in_thread(event: threading.Event) -> None:
-    assert await asyncio.to_thread(event.wait, 5.0), "the writer thread never got there"
 
 
 @aio
@@ -56,13 +44,34 @@ async def test_lease_returns_bodies_and_records_the_lease_later(tmp_path):
         b = await store.insert("bbbbbb", 1, b"body-b", 1.0)
         done = await store.insert("cccccc", 1, b"body-c", 1.0)
         await store.finish([Outcome(done, DIGEST)], "w0", 2.0)
-        bodies = store.lease([a, b, done, 999], "w1")
+        bodies = store.lease([(a, "lease-a"), (b, "lease-b"), (done, "lease-c"), (999, "lease-x")], "w1")
         assert bodies == {a: b"body-a", b: b"body-b"}  # finished and unknown jobs are not handed out
         await flush(store)  # the lease record is queued without waiting; a later run commits it
-        for seq in (a, b):
+        for seq, lease_id in ((a, "lease-a"), (b, "lease-b")):
             record = store.get(seq)
-            assert (record.state, record.attempts, record.worker) == (State.RUNNING, 1, "w1")
+            assert (record.state, record.attempts, record.worker, record.lease_id) == (State.RUNNING, 1, "w1", lease_id)
+            assert store.grant(lease_id) == Grant((seq, "w1"))
         assert store.get(done).state is State.COMPLETED
+        assert store.grant("lease-c") is None and store.grant("lease-x") is None  # nothing recorded for them
+
+
+@aio
+async def test_lease_records_are_kept_while_the_job_is_and_its_current_lease_is_cleared_on_finish(tmp_path):
+    async with opened_store(tmp_path / "jobs.db") as store:
+        seq = await store.insert("aaaaaa", 1, b"x", 1.0)
+        store.lease([(seq, "first")], "w1")
+        await store.requeue([seq])
+        assert store.get(seq).lease_id is None  # requeued: no current lease
+        store.lease([(seq, "second")], "w2")
+        await flush(store)
+        assert (store.get(seq).lease_id, store.get(seq).attempts) == ("second", 2)
+        assert (store.grant("first"), store.grant("second")) == (Grant((seq, "w1")), Grant((seq, "w2")))
+        await store.finish([Outcome(seq, DIGEST)], "w1", 5.0)
+        record = store.get(seq)
+        assert (record.lease_id, record.worker) == (None, "w1")  # the late result's worker is recorded
+        assert store.grant("first").worker == "w1"  # kept with the result
+        assert await store.expire_results(6.0) == 1
+        assert store.grant("first") is None and store.grant("second") is None
 
 
 @aio
@@ -70,13 +79,13 @@ async def test_finish_first_outcome_wins_and_drops_the_body(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
         a = await store.insert("aaaaaa", 3, b"body", 1.0)
         b = await store.insert("bbbbbb", 3, b"body", 1.0)
-        store.lease([a, b], "w1")
+        store.lease([(a, "la"), (b, "lb")], "w1")
         assert await store.finish([Outcome(a, DIGEST), Outcome(b, None, "boom")], None, 5.0) == [a, b]
         assert await store.finish([Outcome(a, OTHER_DIGEST), Outcome(b, DIGEST)], "w2", 6.0) == []
         ra, rb = store.get(a), store.get(b)
         assert (ra.state, ra.result, ra.error, ra.completed_at, ra.worker) == (State.COMPLETED, DIGEST, None, 5.0, "w1")
         assert (rb.state, rb.result, rb.error) == (State.FAILED, None, "boom")
-        bodies = await store.run(lambda c: c.execute("SELECT body FROM jobs").fetchall())
+        bodies = await store.db.run(lambda c: c.execute("SELECT body FROM jobs").fetchall())
         assert bodies == [(None,), (None,)]
 
 
@@ -84,7 +93,7 @@ async def test_finish_first_outcome_wins_and_drops_the_body(tmp_path):
 async def test_requeue_only_touches_running_jobs_and_may_refund_the_attempt(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
         a, b, c = [await store.insert(n, 1, b"x", 1.0) for n in ("aaaaaa", "bbbbbb", "cccccc")]
-        store.lease([a, b], "w1")
+        store.lease([(a, "la"), (b, "lb")], "w1")
         await store.requeue([a])
         await store.requeue([b, c], refund_attempt=True)
         ra, rb, rc = store.get(a), store.get(b), store.get(c)
@@ -97,20 +106,6 @@ async def test_requeue_only_touches_running_jobs_and_may_refund_the_attempt(tmp_
 
 
 @aio
-async def test_pull_hands_each_result_out_once_newest_first(tmp_path):
-    async with opened_store(tmp_path / "jobs.db") as store:
-        seqs = [await store.insert(f"n{i}aaaa", 1, b"x", 1.0) for i in range(5)]
-        for i, seq in enumerate(seqs[:4]):
-            outcome = Outcome(seq, DIGEST) if i != 2 else Outcome(seq, None, "failed")
-            await store.finish([outcome], "w", 10.0 + i)
-        first = await store.pull(3)
-        assert [r.seq for r in first] == [seqs[3], seqs[2], seqs[1]]
-        assert first[1].state is State.FAILED and first[1].error == "failed"
-        assert [r.seq for r in await store.pull(10)] == [seqs[0]]
-        assert await store.pull(10) == []  # the open job is never pulled, nothing twice
-
-
-@aio
 async def test_open_jobs_counts_and_expire_results(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
         q = await store.insert("qqqqqq", 1, b"x", 0.0)
@@ -118,17 +113,41 @@ async def test_open_jobs_counts_and_expire_results(tmp_path):
         old = await store.insert("oooooo", 1, b"x", 0.0)
         new = await store.insert("nnnnnn", 1, b"x", 0.0)
         failed = await store.insert("ffffff", 1, b"x", 0.0)
-        store.lease([r], "w")
+        store.lease([(r, "lr"), (old, "lo")], "w")
         await store.finish([Outcome(old, DIGEST)], "w", 10.0)
         await store.finish([Outcome(new, DIGEST)], "w", 100.0)
         await store.finish([Outcome(failed, None, "bad")], "w", 100.0)
-        opened = await store.open_jobs()
-        assert [(j.seq, j.state) for j in opened] == [(q, State.QUEUED), (r, State.RUNNING)]
-        assert await store.counts() == {State.COMPLETED: 2, State.FAILED: 1}
+        records, grants = await store.open_jobs()
+        assert [(j.seq, j.state, j.lease_id) for j in records] == [(q, State.QUEUED, None), (r, State.RUNNING, "lr")]
+        assert grants == [("lr", Grant((r, "w")))]  # the finished job's lease is not an open one
+        assert store.counts() == {State.COMPLETED: 2, State.FAILED: 1}
         assert await store.expire_results(50.0) == 1
         assert store.get(old) is None
         assert store.get(q) is not None  # open jobs never expire, however old
-        assert await store.counts() == {State.COMPLETED: 1, State.FAILED: 1}
+        assert store.counts() == {State.COMPLETED: 1, State.FAILED: 1}
+
+
+def nonzero(counts: dict[State, int]) -> dict[State, int]:
+    return {state: n for state, n in counts.items() if n}
+
+
+@aio
+async def test_counts_are_maintained_not_scanned_and_rebuilt_at_start(tmp_path):
+    path = tmp_path / "jobs.db"
+    async with opened_store(path) as store:
+        seqs = [await store.insert(f"n{i}aaaa", 1, b"x", 0.0) for i in range(4)]
+        assert store.counts() == {}
+        await store.finish([Outcome(seqs[0], DIGEST), Outcome(seqs[1], None, "e")], "w", 10.0)
+        await store.finish([Outcome(seqs[0], DIGEST)], "w", 11.0)  # a duplicate counts nothing
+        assert store.counts() == {State.COMPLETED: 1, State.FAILED: 1}
+        await store.finish([Outcome(seqs[2], DIGEST)], "w", 20.0)
+        # a row finished behind the store's back is not seen: the counter is not a scan
+        await store.db.run(lambda c: c.execute(f"UPDATE jobs SET state = 2, completed_at = 30 WHERE seq = {seqs[3]}"))
+        assert store.counts() == {State.COMPLETED: 2, State.FAILED: 1}
+        assert await store.expire_results(15.0) == 2
+        assert nonzero(store.counts()) == {State.COMPLETED: 1}
+    async with opened_store(path) as store:
+        assert store.counts() == {State.COMPLETED: 2}  # counted once at start, from what is there
 
 
 @aio
@@ -138,7 +157,8 @@ async def test_data_survives_a_reopen(tmp_path):
         seq = await store.insert("abc234", 9, b"kept", 1.0)
     async with opened_store(path) as store:
         assert store.get(seq).nonce == "abc234"
-        assert [j.seq for j in await store.open_jobs()] == [seq]
+        records, grants = await store.open_jobs()
+        assert [j.seq for j in records] == [seq] and grants == []
 
 
 @aio
@@ -156,68 +176,63 @@ async def test_check_identity_refuses_another_servers_state_dir(tmp_path):
 
 
 @aio
-async def test_group_commit_acknowledges_only_after_the_whole_batch_committed(tmp_path):
-    async with opened_store(tmp_path / "jobs.db") as store:
-        gate1, gate2, in_gate2 = threading.Event(), threading.Event(), threading.Event()
-        in_gate1 = threading.Event()
+async def test_meta_values_are_kept_across_a_reopen(tmp_path):
+    path = tmp_path / "jobs.db"
+    async with opened_store(path) as store:
+        assert await store.get_meta("loans.lent") is None
+        await store.set_meta("loans.lent", "3", durable=True)
+        await store.set_meta("loans.lent", "4")
+        assert await store.get_meta("loans.lent") == "4"
+    async with opened_store(path) as store:
+        assert await store.get_meta("loans.lent") == "4"
 
-        def block_first(conn: sqlite3.Connection) -> None:
-            in_gate1.set()
-            assert gate1.wait(5.0)
 
-        def block_last(conn: sqlite3.Connection) -> None:
-            in_gate2.set()
-            assert gate2.wait(5.0)
-
-        first = asyncio.ensure_future(store.run(block_first))
-        await wait_in_thread(in_gate1)  # the writer is busy: what follows queues up
-        inserts = [asyncio.ensure_future(store.insert(f"n{i:05d}", 1, b"x", 1.0)) for i in range(200)]
-        last = asyncio.ensure_future(store.run(block_last))
-        await asyncio.sleep(0)  # let every task queue its operation
-        gate1.set()
-        await first
-        await wait_in_thread(in_gate2)  # the 200 inserts ran in this batch, before the last op
-        assert committed_count(store) == 0  # ... inside one open transaction
-        assert not any(task.done() for task in inserts)  # and nobody was told yet
-        gate2.set()
-        seqs = await asyncio.gather(*inserts)
-        await last
-        assert sorted(seqs) == list(range(1, 201))
-        assert committed_count(store) == 200
+OLD_SCHEMA = """
+CREATE TABLE jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, nonce TEXT NOT NULL, iterations INTEGER NOT NULL,
+    size INTEGER NOT NULL, body BLOB, state INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    worker TEXT, enqueued_at REAL NOT NULL, completed_at REAL, result BLOB, error TEXT,
+    delivered INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX jobs_undelivered ON jobs (completed_at) WHERE delivered = 0 AND state >= 2;
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO meta VALUES ('server_name', 'a');
+INSERT INTO jobs (nonce, iterations, size, body, state, enqueued_at) VALUES ('qqqqqq', 3, 4, X'71756575', 0, 1.0);
+INSERT INTO jobs (nonce, iterations, size, body, state, attempts, worker, enqueued_at)
+    VALUES ('rrrrrr', 1, 1, X'72', 1, 1, 'old-worker', 2.0);
+INSERT INTO jobs (nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result)
+    VALUES ('dddddd', 1, 1, 2, 1, 'old-worker', 3.0, 4.0, zeroblob(64));
+"""
 
 
 @aio
-async def test_an_operation_that_raises_rolls_back_only_itself(tmp_path):
-    async with opened_store(tmp_path / "jobs.db") as store:
-        gate, in_gate = threading.Event(), threading.Event()
-
-        def block(conn: sqlite3.Connection) -> None:
-            in_gate.set()
-            assert gate.wait(5.0)
-
-        def insert_then_fail(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO jobs (nonce, iterations, size, state, enqueued_at) VALUES ('zzzzzz', 1, 0, 0, 0)")
-            raise ValueError("bad operation")
-
-        def bad_sql(conn: sqlite3.Connection) -> None:
-            conn.execute("INSERT INTO no_such_table VALUES (1)")
-
-        blocker = asyncio.ensure_future(store.run(block))
-        await wait_in_thread(in_gate)
-        before = asyncio.ensure_future(store.insert("aaaaaa", 1, b"x", 1.0))
-        failing = asyncio.ensure_future(store.run(insert_then_fail))
-        broken = asyncio.ensure_future(store.run(bad_sql))
-        after = asyncio.ensure_future(store.insert("bbbbbb", 1, b"x", 1.0))
-        await asyncio.sleep(0)
-        gate.set()
-        await blocker
-        a, b = await asyncio.gather(before, after)
-        with pytest.raises(StoreError, match="ValueError: bad operation"):
-            await failing
-        with pytest.raises(StoreError, match="no such table"):
-            await broken
-        assert [j.nonce for j in await store.open_jobs()] == ["aaaaaa", "bbbbbb"]
-        assert store.get(a).nonce == "aaaaaa" and store.get(b).nonce == "bbbbbb"
+async def test_a_state_dir_of_the_previous_schema_is_migrated(tmp_path):
+    path = tmp_path / "jobs.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(OLD_SCHEMA)
+    async with opened_store(path) as store:
+        await store.check_identity("a")
+        assert store.counts() == {State.COMPLETED: 1}
+        records, grants = await store.open_jobs()
+        assert [(r.nonce, r.state, r.lease_id) for r in records] == [
+            ("qqqqqq", State.QUEUED, None),
+            ("rrrrrr", State.RUNNING, None),
+        ]
+        assert grants == []
+        assert store.lease([(1, "new-lease")], "w1") == {1: b"queu"}
+        await flush(store)
+        assert (store.get(1).lease_id, store.grant("new-lease")) == ("new-lease", Grant((1, "w1")))
+        (pulled,) = await store.reserve(10, "h1")  # the old finished row is pullable
+        assert (pulled.nonce, pulled.result) == ("dddddd", bytes(64))
+        assert await store.confirm("h1") == 1
+        assert await store.finish([Outcome(2, DIGEST)], "w1", 5.0) == [2]
+    with sqlite3.connect(path) as conn:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+        indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"lease_id", "handout"} <= columns
+    assert "jobs_pullable" in indexes and "jobs_undelivered" not in indexes
+    async with opened_store(path) as store:  # and it opens again as it is now
+        assert store.counts() == {State.COMPLETED: 2}
 
 
 @aio
@@ -234,6 +249,8 @@ async def test_a_closed_store_raises_store_error(tmp_path):
     with pytest.raises(StoreError):
         store.get(seq)
     with pytest.raises(StoreError):
-        store.lease([seq], "w")
+        store.lease([(seq, "l")], "w")
     with pytest.raises(StoreError):
-        await store.pull(1)
+        store.grant("l")
+    with pytest.raises(StoreError):
+        await store.reserve(1, "h")

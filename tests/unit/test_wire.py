@@ -67,11 +67,6 @@ def test_malformed_leases_raise_protocol_error(data, why):
         unpack_lease(data)
 
 
-@pytest.mark.xfail(
-    reason="common/wire.py unpack_lease does not check that jobs is a list of non-negative integer sizes: "
-    "a negative size makes part of the header a body, a fraction or a bool is truncated by int()",
-    strict=True,
-)
 @pytest.mark.parametrize(
     "data",
     [

@@ -34,8 +34,7 @@ unit: venv
 	$(PY) -m pytest -m "not slow"
 
 bench: venv
-	$(PY) -m client.bench_native
-	$(PY) -m client.benchmark --json .run/bench.json
+	$(PY) -m client.benchmark --json .run/bench.json $(BENCH_ARGS)
 
 sanitize: venv
 	bash native/sanitize.sh

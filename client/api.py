@@ -36,10 +36,13 @@ class ServerStatus(TypedDict):
     error: NotRequired[str]
 
 
-def work_path(work_id: str, wait_s: float = 0.0) -> str:
-    """The /work path of a work id (quoted: ids come from users), long-polling `wait_s` seconds."""
-    path = "/work/" + quote(work_id, safe="")
-    return f"{path}?wait={wait_s:g}" if wait_s > 0 else path
+def work_path(work_id: str, wait_s: float = 0.0, *, history: bool = False) -> str:
+    """The /work path of a work id (quoted: ids come from users), long-polling `wait_s` seconds,
+    with the job's history when asked."""
+    query = [f"wait={wait_s:g}"] if wait_s > 0 else []
+    if history:
+        query.append("history=1")
+    return "/work/" + quote(work_id, safe="") + ("?" + "&".join(query) if query else "")
 
 
 class DynworkClient:
@@ -94,11 +97,12 @@ class DynworkClient:
             raise Unavailable(f"{self.servers[index]}: {reason}", url=answer.url, status=answer.status, reason=reason)
         return work_id
 
-    async def get(self, work_id: str, *, wait_s: float = 0.0) -> dict[str, Any]:
+    async def get(self, work_id: str, *, wait_s: float = 0.0, history: bool = False) -> dict[str, Any]:
         """A job's status (and result once finished), from any server; with `wait_s` the server
-        holds the answer until the job finishes or the time is up."""
+        holds the answer until the job finishes or the time is up; with `history`, what happened
+        to it (enqueued, each lease, finished, handed out)."""
         _, answer = await self._calls().call(
-            "GET", work_path(work_id, wait_s), timeout_s=wait_s + self.timeout_s, expect_json=True
+            "GET", work_path(work_id, wait_s, history=history), timeout_s=wait_s + self.timeout_s, expect_json=True
         )
         return answer.json_object()
 

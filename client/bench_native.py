@@ -1,13 +1,13 @@
 """Iterations per second of the SHA-512 chain: `python -m client.bench_native [--quick]`.
 
 One run measures the Python hashlib loop, every backend this CPU has on one chain and on batches
-of 8/16/32/64 chains (one `chain_many` call on one thread), and 2 threads each running
-`chain_many` over half of 64 jobs (the worker's shape). Every figure comes with its ratio to the
+of 8/16/32/64 chains (one `chain_many` call on one thread), and one thread per core, each running
+`chain_many` over its share of 64 jobs (the worker's shape). Every figure comes with its ratio to the
 hashlib loop, which is measured at the start and at the end of the run (the ratio uses their
 mean) so a noisy shared machine shows up instead of skewing one side.
 
 Single-thread rates are per CPU second of the measuring thread (`time.thread_time`), so time
-lost to other processes on a shared machine does not count; the 2-thread row gives both the
+lost to other processes on a shared machine does not count; the threaded row gives both the
 wall-clock rate and the rate per CPU second (per core).
 """
 
@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import native
 from native.reference import chain as hashlib_chain
@@ -54,16 +56,15 @@ def threaded_rate(jobs: list[tuple[bytes, int]], threads: int) -> tuple[float, f
     return total / wall, total / cpu
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m client.bench_native", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a tenth of the work (a smoke test, noisier)")
-    args = parser.parse_args(argv)
-    scale = 10 if args.quick else 1
+def measure(quick: bool = False) -> dict[str, Any]:
+    """Every figure of the run: the hashlib loop at the start and the end, and each row's it/s."""
+    scale = 10 if quick else 1
     one_chain = 1_000_000 // scale
     batch_total = 4_000_000 // scale
     worker_iterations = 1_000_000 // scale
+    threads = len(os.sched_getaffinity(0))
 
-    rows: list[tuple[str, float]] = []
+    rows: dict[str, float] = {}
     start_hashlib = rate(lambda: hashlib_loop(one_chain), one_chain)
     check = hashlib_loop(1000)
     original = native.backend()
@@ -73,29 +74,51 @@ def main(argv: list[str] | None = None) -> None:
             native.use_backend(name)
             assert native.chain_many([(BODY, 1000)]) == [check], name
             if name == "scalar":
-                rows.append(("scalar chain()", rate(lambda: native.chain(BODY, one_chain), one_chain)))
-            rows.append((f"{name} chain_many x1", rate(lambda: native.chain_many([(BODY, one_chain)]), one_chain)))
+                rows["scalar chain()"] = rate(lambda: native.chain(BODY, one_chain), one_chain)
+            rows[f"{name} chain_many x1"] = rate(lambda: native.chain_many([(BODY, one_chain)]), one_chain)
             for size in (8, 16, 32, 64):
                 per = batch_total // size
                 jobs = [(bytes([i]) + BODY, per) for i in range(size)]
                 batch = functools.partial(native.chain_many, jobs)
-                rows.append((f"{name} chain_many x{size}", rate(batch, per * size)))
+                rows[f"{name} chain_many x{size}"] = rate(batch, per * size)
         native.use_backend(original)
         jobs = [(bytes([i]) + BODY, worker_iterations) for i in range(64)]
-        wall, per_cpu = threaded_rate(jobs, 2)
-        label = f"{original} 2 threads x chain_many, 64 jobs x {worker_iterations:,}"
-        rows.append((f"{label}, wall", wall))
-        rows.append((f"{label}, per core", per_cpu))
+        wall, per_cpu = threaded_rate(jobs, threads)
+        label = f"{original} {threads} threads x chain_many, 64 jobs x {worker_iterations:,}"
+        rows[f"{label}, wall"] = wall
+        rows[f"{label}, per core"] = per_cpu
     finally:
         native.use_backend(original)
     end_hashlib = rate(lambda: hashlib_loop(one_chain), one_chain)
-    base = (start_hashlib + end_hashlib) / 2
+    return {
+        "backends": available,
+        "default": original,
+        "lanes": native.lanes(),
+        "hashlib_start_it_per_s": start_hashlib,
+        "hashlib_end_it_per_s": end_hashlib,
+        "hashlib_it_per_s": (start_hashlib + end_hashlib) / 2,
+        "rows": rows,
+    }
 
-    print(f"backends: {', '.join(available)} (default {original}, {native.lanes()} lanes)")
-    print(f"{'hashlib loop (start)':<68} {start_hashlib / 1e6:8.2f} M it/s")
-    print(f"{'hashlib loop (end)':<68} {end_hashlib / 1e6:8.2f} M it/s")
-    for label, value in rows:
-        print(f"{label:<68} {value / 1e6:8.2f} M it/s {value / base:7.2f}x hashlib")
+
+def format_lines(measured: dict[str, Any]) -> list[str]:
+    """The printed table: every row in M it/s with its ratio to the mean hashlib rate."""
+    base = measured["hashlib_it_per_s"]
+    lines = [
+        f"backends: {', '.join(measured['backends'])} (default {measured['default']}, {measured['lanes']} lanes)",
+        f"{'hashlib loop (start)':<68} {measured['hashlib_start_it_per_s'] / 1e6:8.2f} M it/s",
+        f"{'hashlib loop (end)':<68} {measured['hashlib_end_it_per_s'] / 1e6:8.2f} M it/s",
+    ]
+    for label, value in measured["rows"].items():
+        lines.append(f"{label:<68} {value / 1e6:8.2f} M it/s {value / base:7.2f}x hashlib")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m client.bench_native", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a tenth of the work (a smoke test, noisier)")
+    args = parser.parse_args(argv)
+    print("\n".join(format_lines(measure(args.quick))))
 
 
 if __name__ == "__main__":

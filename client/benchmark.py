@@ -1,178 +1,193 @@
-"""`python -m client.benchmark`: the whole system's throughput and latency, with a same-run baseline.
+"""`python -m client.benchmark` (`make bench`): dynwork against a bare baseline, in one run.
 
-It starts its own two servers (one warm local worker each) on free loopback ports with a
-throw-away state dir, so it never disturbs a cluster started by `make up`. The baseline is a
-bare aiohttp server answering PUT /enqueue with a constant id under the same client load: the
-machine's HTTP ceiling, measured in the same run, so the ratio survives a noisy machine.
+Rows (all by default; `--rows` picks some):
+
+  big      256 KB bodies, 1 iteration: enqueue jobs/s and MB/s and end to end jobs/s, dynwork and
+           the baseline, and the machine's fsync'd sequential write MB/s beside the enqueue MB/s
+  mixed    16-256 KB bodies (uniform, fixed seed), end to end
+  small    64-byte bodies, end to end
+  latency  warm 1-iteration latency, enqueue -> GET /work/{id}?wait=5 one job at a time
+  fleet    local fleet hashing (autoscaled workers as `make up` runs them) against the kernel
+           on every core
+  memory   both servers' RSS with a backlog of --memory-jobs 256 KB jobs and no workers
+  native   the native kernels against the hashlib loop (python -m client.bench_native)
+
+The baseline (client/bench/baseline.py) is two bare aiohttp processes, mirroring dynwork's two
+servers: PUT /enqueue keeps the body in a dict, POST /pullCompleted pops up to top of them, no
+disk, no workers. Each comparison row drives it and then two fresh dynwork servers (one warm
+worker each) with the same client: the load generator's raw keep-alive HTTP/1.1 transport and
+retry policy, the same concurrency and bodies, jobs alternating between the two servers. Every
+ratio is therefore between figures taken in the same run, minutes apart, which is what survives a
+shared, noisy machine. `--runs N` repeats everything and prints the median of each headline.
+State goes to fresh temporary directories (--tmp-dir), removed with every process at the end.
+
+On a shared machine: each row prints the load average and CPU pressure (PSI) when it ended;
+comparison rows alternate baseline and dynwork in --rounds rounds (ABBA) and take the median of
+the rounds' ratios; and they print the CPU milliseconds per job of each side's servers, workers
+and client (from /proc), which hardly move with other tenants' load. The fleet row prints its
+rate against the kernel measured two ways (see client/bench/fleet.py): wall clock in this process
+(what the goal names; under contention the kernel's two threads get less of the machine than a
+fleet of many processes, since the scheduler shares by session) and per CPU second x cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import dataclasses
 import json
-import os
-import socket
-import subprocess
+import signal
+import statistics
 import sys
-import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from aiohttp import web
+import native
+from client.bench import probes
+from client.bench.cluster import Options, RowResult
+from client.bench.fleet import row_fleet, row_native
+from client.bench.metrics_cost import row_metrics
+from client.bench.rows import row_big, row_latency, row_memory, row_mixed, row_small
+from client.localcluster import LocalClusterError
 
-from client import loadgen
-from client.localcluster import LocalCluster, LocalClusterError, free_port, wait_for
-from native.reference import chain
-
-# -- baseline: a server that does nothing ---------------------------------------------------------
-
-
-def serve_null(port: int) -> None:
-    async def enqueue(request: web.Request) -> web.Response:
-        await request.read()
-        return web.json_response({"work_id": "null.1.aaaaaa"})
-
-    app = web.Application()
-    app.router.add_put("/enqueue", enqueue)
-    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-
-
-async def http_ceiling(url: str, requests: int, concurrency: int, body: bytes) -> float:
-    """PUT /enqueue requests per second against `url` with the load generator's own client."""
-    cfg = loadgen.BenchConfig((url,), jobs=requests, concurrency=concurrency)
-    transport = loadgen.make_transport(cfg, concurrency)
-    target = url + "/enqueue?iterations=1"
-    counter = iter(range(requests))
-
-    async def client() -> None:
-        for _ in counter:
-            await transport.send("PUT", target, body=body, headers={}, timeout_s=cfg.http_timeout_s)
-
-    try:
-        start = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
-        return requests / (time.perf_counter() - start)
-    finally:
-        await transport.close()
+ROWS: dict[str, Callable[[Options], RowResult]] = {
+    "big": row_big,
+    "mixed": row_mixed,
+    "small": row_small,
+    "latency": row_latency,
+    "fleet": row_fleet,
+    "memory": row_memory,
+    "metrics": row_metrics,
+    "native": row_native,
+}
+# flag: (default, --quick default)
+SIZES: dict[str, tuple[float, float]] = {
+    "big_jobs": (4500, 300),
+    "mixed_jobs": (4500, 300),
+    "small_jobs": (30_000, 2000),
+    "rounds": (3, 1),
+    "latency_jobs": (500, 100),
+    "disk_mib": (1024, 64),
+    "fleet_jobs": (200, 8),
+    "fleet_iterations": (10_000_000, 200_000),
+    "kernel_s": (4.0, 1.0),
+    "memory_jobs": (100_000, 300),
+}
 
 
-def hashlib_rate(seconds: float = 1.0) -> float:
-    """Iterations per second of the plain Python loop (native.reference), the hashing baseline."""
-    digest, done, start = b"x" * 64, 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        digest = chain(digest, 10_000)
-        done += 10_000
-    return done / (time.perf_counter() - start)
-
-
-def long_jobs(servers: tuple[str, ...], jobs: int, iterations: int) -> float:
-    """Iterations per second of the fleet on long jobs, enqueue of the first to result of the last."""
-    cfg = loadgen.BenchConfig(
-        servers, jobs=jobs, iterations=iterations, body_bytes=64, concurrency=8, verify=False, timeout_s=600
+def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
+    parser = argparse.ArgumentParser(
+        prog="python -m client.benchmark",
+        description=(__doc__ or "").splitlines()[0],
+        epilog="Sizes default to a full run (~10 minutes on 2 cores, plus the memory row); --quick shrinks them.",
     )
-    report = asyncio.run(loadgen.run(cfg))
-    if not report.ok:
-        raise SystemExit(f"benchmark: long jobs failed: {report.error}")
-    return jobs * iterations / report.elapsed_s
+    parser.add_argument("--quick", action="store_true", help="smoke-sized run (every size below shrinks)")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated rows (default all: {','.join(ROWS)})")
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole run; prints each and the medians")
+    parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--concurrency", type=int, default=64, help="enqueue tasks in flight (default 64)")
+    for name, (full, quick) in SIZES.items():
+        kind = float if isinstance(full, float) else int
+        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, help=f"default {full:,} ({quick:,} with --quick)")
+    parser.add_argument("--fleet-body-kb", type=int, default=64, help="body size of the fleet row's jobs (default 64)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the bodies and of the mixed sizes")
+    parser.add_argument("--tmp-dir", type=Path, help="parent of the state dirs (default: the system temp dir)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the servers of each row into DIR")
+    parser.add_argument("--log-level", default="WARNING", help="the servers' log level (default WARNING)")
+    args = parser.parse_args(argv)
+    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in args.rows if r not in ROWS]
+    if unknown or args.runs < 1:
+        parser.error(f"unknown rows {unknown} (choose from {', '.join(ROWS)})" if unknown else "--runs must be >= 1")
+    sizes = {}
+    for name, (full, quick) in SIZES.items():
+        given = getattr(args, name)
+        sizes[name] = given if given is not None else type(full)(quick if args.quick else full)
+    opts = Options(
+        concurrency=args.concurrency,
+        fleet_body_bytes=args.fleet_body_kb * 1024,
+        seed=args.seed,
+        quick=args.quick,
+        tmp_dir=args.tmp_dir,
+        profile_dir=args.profile,
+        log_level=args.log_level,
+        **sizes,  # type: ignore[arg-type]
+    )
+    return args, opts
 
 
-def _listening(port: int) -> bool:
+def run_row(name: str, opts: Options) -> RowResult:
+    print(f"\n[{name}] ...", flush=True)
+    started = time.perf_counter()
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
+        row = ROWS[name](opts)
+    except (LocalClusterError, OSError, RuntimeError, ValueError) as exc:  # the other rows' figures still count
+        traceback.print_exc()
+        row = RowResult(name, name, ok=False, lines=[f"  FAILED: {type(exc).__name__}: {exc}"])
+    row.figures["row_seconds"] = round(time.perf_counter() - started, 1)
+    busy = row.figures["machine"] = probes.contention()
+    print(
+        f"[{name}] {row.title}  ({row.figures['row_seconds']:.0f} s; load {busy['loadavg_1m']}, "
+        f"cpu pressure {busy['cpu_pressure_some_avg60']}%)" + ("" if row.ok else "  NOT OK")
+    )
+    print("\n".join(row.lines), flush=True)
+    return row
 
 
-def measure_ceiling(args: argparse.Namespace, body: bytes) -> float:
-    """The bare-aiohttp baseline, served by a child process of this module."""
-    null_port = free_port()
-    null = subprocess.Popen([sys.executable, "-m", "client.benchmark", "--null-server", str(null_port)])
-    try:
-        wait_for(lambda: _listening(null_port), 30, "the baseline server")
-        return asyncio.run(http_ceiling(f"http://127.0.0.1:{null_port}", args.jobs, args.concurrency, body))
-    finally:
-        null.terminate()
-        null.wait()
+def closing_table(runs: list[dict[str, RowResult]]) -> tuple[list[str], dict[str, float | None]]:
+    """Each headline figure per run and its median; the lines and the medians by 'row.figure'."""
+    keys = list(dict.fromkeys(f"{r}.{h}" for run in runs for r, row in run.items() for h in row.headlines))
+    head = f"{'figure':<34}" + "".join(f"{f'run {i + 1}':>10}" for i in range(len(runs))) + f"{'median':>10}  goal"
+    lines, medians = [head], {}
+    for key in keys:
+        name, figure = key.split(".", 1)
+        found = [run[name].headlines.get(figure) if name in run else None for run in runs]
+        values = [h.value for h in found if h is not None and h.value is not None]
+        median = round(statistics.median(values), 3) if values else None
+        medians[key] = median
+        some = next(h for h in found if h is not None)
+        cells = "".join(f"{'-' if h is None or h.value is None else f'{h.value:g}':>10}" for h in found)
+        lines.append(f"{key:<34}{cells}{'-' if median is None else f'{median:g}':>10}  {some.unit} {some.goal}")
+    return lines, medians
 
 
-def measure_cluster(args: argparse.Namespace) -> tuple[loadgen.BenchReport, loadgen.BenchReport, float, float]:
-    """(throughput report, latency report, hashlib it/s, fleet it/s on long jobs) of two fresh
-    servers with one warm local worker each; the hashlib loop runs while they idle."""
-    with tempfile.TemporaryDirectory(prefix="dynwork-bench-") as tmp:
-        cluster = LocalCluster(
-            Path(tmp), launcher="local", min_workers=1, max_workers=1, worker_threads=1, log_level="WARNING"
-        )
-        try:
-            cluster.start()
-            cluster.wait_for_workers(per_server=1)
-            servers = cluster.urls
-            short = {"iterations": 1, "body_bytes": args.body_bytes, "verify": True}
-            through_cfg = loadgen.BenchConfig(servers, jobs=args.jobs, concurrency=args.concurrency, **short)
-            latency_cfg = loadgen.BenchConfig(servers, jobs=args.latency_jobs, warmup=20, **short)
-            through = asyncio.run(loadgen.run(through_cfg))
-            latency = asyncio.run(loadgen.run(latency_cfg, latency=True))
-            hashlib_its = hashlib_rate()
-            fleet_its = long_jobs(servers, args.long_jobs, args.long_iterations)
-        finally:
-            cluster.close()
-    return through, latency, hashlib_its, fleet_its
+def _interrupted(signum: int, _: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")  # unwinds every `with`: servers stopped, state removed
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m client.benchmark", description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=20_000, help="jobs in the throughput run (default 20000)")
-    parser.add_argument("--latency-jobs", type=int, default=300, help="jobs in the latency run (default 300)")
-    parser.add_argument("--body-bytes", type=int, default=64)
-    parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--long-jobs", type=int, default=64, help="jobs of --long-iterations (default 64)")
-    parser.add_argument("--long-iterations", type=int, default=1_000_000)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--null-server", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.null_server:
-        serve_null(args.null_server)
-        return 0
-
-    body = os.urandom(args.body_bytes)
-    try:
-        ceiling = measure_ceiling(args, body)
-        through, latency, hashlib_its, fleet_its = measure_cluster(args)
-    except LocalClusterError as exc:
-        raise SystemExit(f"benchmark: {exc}") from None
-
-    lat = loadgen.latency_summary(latency.latencies_s)
-    e2e = loadgen.latency_summary(through.latencies_s)
-    figures = {
-        "baseline_null_http_put_per_s": round(ceiling),
-        "jobs_per_s": round(through.jobs_per_s),
-        "ratio_to_baseline": round(through.jobs_per_s / ceiling, 3),
-        "throughput_ok": through.ok,
-        "throughput_latency_ms": {k: round(v, 2) for k, v in e2e.items()},
-        "warm_latency_ms": {k: round(v, 2) for k, v in lat.items()},
-        "latency_ok": latency.ok,
-        "hashlib_loop_it_per_s": round(hashlib_its),
-        "workers_2_threads_it_per_s": round(fleet_its),
-        "workers_ratio_to_hashlib": round(fleet_its / hashlib_its, 2),
-    }
-    print(f"baseline: bare aiohttp PUT /enqueue        {ceiling:10.0f} req/s")
+    args, opts = parse(argv)
+    signal.signal(signal.SIGTERM, _interrupted)
+    machine = {"cores": probes.cores(), "backend": native.backend(), "lanes": native.lanes()}
     print(
-        f"dynwork: enqueue -> pullCompleted, 2 servers {through.jobs_per_s:10.0f} jobs/s "
-        f"({through.jobs_per_s / ceiling:.2f}x baseline; {through.completed}/{args.jobs} ok={through.ok})"
+        f"dynwork benchmark: rows {','.join(args.rows)}, {args.runs} run(s), {machine['cores']} cores, "
+        f"native {machine['backend']} ({machine['lanes']} lanes)\n"
+        "baseline: 2 bare aiohttp processes (PUT /enqueue into a dict, POST /pullCompleted pops; no disk, "
+        f"no workers), the same raw keep-alive client, concurrency {opts.concurrency}, jobs alternating servers"
     )
-    print(
-        f"warm 1-iteration job, enqueue -> result:     p50 {lat['p50']:.2f} ms  p99 {lat['p99']:.2f} ms "
-        f"({latency.completed} jobs, ok={latency.ok})"
-    )
-    print(
-        f"hashing: {args.long_jobs} jobs x {args.long_iterations} iterations, 2 workers x 1 thread: "
-        f"{fleet_its / 1e6:.2f} M it/s = {fleet_its / hashlib_its:.2f}x the hashlib loop "
-        f"({hashlib_its / 1e6:.2f} M it/s, one thread)"
-    )
+    runs: list[dict[str, RowResult]] = []
+    for i in range(args.runs):
+        if args.runs > 1:
+            print(f"\n===== run {i + 1} of {args.runs} =====")
+        runs.append({name: run_row(name, opts) for name in args.rows})
+    lines, medians = closing_table(runs)
+    print("\nheadlines (x: dynwork over the same run's baseline, or over the machine's own disk/kernel)")
+    print("\n".join(lines))
+    ok = all(row.ok for run in runs for row in run.values())
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=2))
-    return 0 if through.ok and latency.ok else 1
+        options = {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()}
+        doc: dict[str, Any] = {
+            "options": options,
+            "machine": machine,
+            "runs": [{name: row.to_json() for name, row in run.items()} for run in runs],
+            "medians": medians,
+            "ok": ok,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(doc, indent=2, default=str))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

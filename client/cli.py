@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from client import loadgen
 from client.api import FINISHED, UNAVAILABLE_GRACE_S, DynworkClient
-from client.format import STATUS_LEGEND, format_pulled, format_status
+from client.format import STATUS_LEGEND, format_history, format_pulled, format_status
 from client.options import (
     DEFAULT_SERVERS,
     SERVERS_ENV,
@@ -99,7 +99,11 @@ async def cmd_pull(args: argparse.Namespace, client: DynworkClient, out: TextIO)
 
 
 async def cmd_get(args: argparse.Namespace, client: DynworkClient, out: TextIO) -> int:
-    print(json.dumps(await client.get(args.work_id), indent=2), file=out)
+    item = await client.get(args.work_id, history=args.history)
+    history = item.pop("history", None)
+    print(json.dumps(item, indent=2), file=out)
+    if history is not None:
+        print(format_history(history), file=out)
     return EXIT_OK
 
 
@@ -267,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("get", "show one job's status and result (from any server)")
     p.add_argument("work_id", metavar="ID")
+    p.add_argument("--history", action="store_true", help="also what happened to it: enqueued, leases, handed out")
 
     p = add(
         "wait",

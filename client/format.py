@@ -98,3 +98,26 @@ def format_status(entries: Sequence[ServerStatus]) -> str:
             rows.append(_status_row(entry.get("status", {}), entry["url"]))
     text = format_table(STATUS_HEADER, rows, right=(3, 4, 5, 6, 7, 8, 10))
     return text + "".join(f"\n{note}" for note in notes)
+
+
+def format_history(history: dict[str, Any]) -> str:
+    """A job's history as a table, one line per event: enqueued, each lease, finished, handed out."""
+    rows: list[Sequence[Any]] = [(format_time(history.get("enqueued_at")), "enqueued", "", "")]
+    for lease in history.get("leases") or []:
+        rows.append(
+            (format_time(lease.get("started_at")), "leased", lease.get("worker", "?"), lease.get("lease_id", ""))
+        )
+        if lease.get("ended_at") is not None:
+            rows.append(
+                (
+                    format_time(lease.get("ended_at")),
+                    "lease ended",
+                    lease.get("worker", "?"),
+                    lease.get("outcome") or "",
+                )
+            )
+    if history.get("finished_at") is not None:
+        rows.append((format_time(history.get("finished_at")), "finished", "", ""))
+    if history.get("handed_out_at") is not None:
+        rows.append((format_time(history.get("handed_out_at")), "handed out", "", ""))
+    return format_table(("time", "event", "worker", "detail"), rows)

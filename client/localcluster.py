@@ -90,8 +90,12 @@ def kill_processes_using(token_file: Path) -> None:
 
 
 def _flags(settings: dict[str, object]) -> list[str]:
-    """--some-name VALUE for each some_name=VALUE."""
-    return [arg for key, value in settings.items() for arg in (f"--{key.replace('_', '-')}", str(value))]
+    """--some-name VALUE for each some_name=VALUE; a boolean is --some-name or --no-some-name."""
+    flags: list[str] = []
+    for key, value in settings.items():
+        name = key.replace("_", "-")
+        flags += [f"--{name}" if value else f"--no-{name}"] if isinstance(value, bool) else [f"--{name}", str(value)]
+    return flags
 
 
 def _workers_reporting(url: str, at_least: int) -> bool:
@@ -251,6 +255,8 @@ class LocalCluster:
     def __init__(self, base: Path, **settings: object) -> None:
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
+        # The pair shares one budget of host cores, as on a real host, but not with other clusters.
+        settings.setdefault("local_cores_dir", base / "cores")
         self.token_file = make_token_file(base)
         self.token = self.token_file.read_text().strip()
         ports = [free_port(), free_port()]

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 from yarl import URL
 
 BACKOFF_MIN_S = 0.1
@@ -108,7 +108,7 @@ class Answer:
     def json(self) -> Any:
         """The body as strict JSON (no NaN/Infinity); a body that is not raises Unavailable."""
         try:
-            return json.loads(self.body, parse_constant=_refuse_constant)
+            return orjson.loads(self.body)  # strict: NaN and Infinity are not JSON
         except (ValueError, UnicodeDecodeError):
             reason = f"HTTP {self.status} answer is not JSON"
             raise Unavailable(f"{self.url}: {reason}", url=self.url, status=self.status, reason=reason) from None
@@ -121,14 +121,10 @@ class Answer:
         return value
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def error_message(body: bytes) -> str:
     """The `error` of a JSON error body, else the start of the body as text."""
     try:
-        value = json.loads(body)
+        value = orjson.loads(body)
         if isinstance(value, dict) and "error" in value:
             return str(value["error"])
     except (ValueError, UnicodeDecodeError):
@@ -280,7 +276,7 @@ class HttpClient:
             idempotent = method in ("GET", "HEAD")
         all_headers = {**self.headers, **(headers or {})} if headers else self.headers
         if json_body is not None:
-            body = json.dumps(json_body, separators=(",", ":"), allow_nan=False).encode()
+            body = orjson.dumps(json_body)
             all_headers = {**all_headers, "Content-Type": all_headers.get("Content-Type", "application/json")}
         what = f"{self.base_url} {method} {path.split('?', maxsplit=1)[0]}"
         attempt = 0

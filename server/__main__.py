@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import sys
 
+from common import logs, loop
 from common.settings import SettingsError, read_token
 from server.config import load_settings
 from server.daemon import daemonize
@@ -13,7 +12,7 @@ from server.daemon import daemonize
 
 def main(argv: list[str] | None = None) -> int:
     settings = load_settings(argv)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(settings.log_level, settings.log_format)
     try:
         token = read_token(settings.token_file)
     except SettingsError as exc:
@@ -22,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     from server.app import serve  # after the fork in daemon mode: nothing of the event loop is shared
 
     if settings.daemon:
-        return daemonize(settings, lambda ready: asyncio.run(serve(settings, token, ready)))
-    return asyncio.run(serve(settings, token))
+        return daemonize(settings, lambda ready: loop.run(serve(settings, token, ready)))
+    return loop.run(serve(settings, token))
 
 
 if __name__ == "__main__":

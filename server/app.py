@@ -15,7 +15,7 @@ from server.auth import auth_middleware
 from server.config import ServerSettings
 from server.limits import CONNECTIONS, GuardedAppRunner, limits_middleware, raise_fd_limit
 from server.node import Node
-from server.web import BODY_LIMITS, BodyLimits, errors_middleware
+from server.web import BODY_LIMITS, EVENTS, BodyLimits, errors_middleware
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,11 @@ def build_app(node: Node) -> web.Application:
         client_max_size=settings.max_body_bytes + HEADROOM,
     )
     app[api.SERVICE] = node.service
+    app[EVENTS] = node.events
+    app[api.SECRET] = node.secret
+    if node.metrics is not None:
+        app[api.METRICS] = node.metrics
+    app[api.DASHBOARD] = node.dashboard
     app[BODY_LIMITS] = BodyLimits(
         read_timeout_s=settings.body_timeout_s,
         min_bytes_per_s=settings.body_min_bytes_per_s,

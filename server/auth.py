@@ -19,7 +19,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from common.credentials import PREFIX, Role, derive, matches
 from common.wire import WORKER_ID_HEADER
-from server.web import error_response
+from server.web import EVENTS, error_response
 
 INTERNAL = "/internal/"
 MAX_WORKER_ID = 128
@@ -81,11 +81,21 @@ def auth_middleware(secret: str, revoked: Callable[[str], bool]) -> Middleware:
         assert role is not None
         found = authenticate(request, role)
         if isinstance(found, web.Response):
+            events = request.app.get(EVENTS)
+            if events is not None:
+                events.refused("unauthenticated")
             return found
         request[IDENTITY] = found
         return await handler(request)
 
     return check
+
+
+def operator_allowed(request: web.Request, secret: str) -> bool:
+    """Whether the request carries the operator's credential (for /metrics with metrics_auth)."""
+    header = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    given = header[len(b"Bearer ") :] if header.startswith(b"Bearer ") else b""
+    return matches(given, derive(secret, Role.OPERATOR))
 
 
 def unauthorized(message: str = "authentication required") -> web.Response:

@@ -48,7 +48,15 @@ class ServerSettings:
     scale_up_wait_s: float = option(2.0, "launch when the oldest queued job has waited this long")
     target_drain_s: float = option(30.0, "launch when the backlog would take longer than this to drain")
     scale_interval_s: float = option(0.5, "seconds between scaling decisions")
-    worker_threads: int = option(0, "compute threads per launched worker (0: one per core)")
+    worker_threads: int = option(
+        0, "compute threads per launched worker (0: one per core of its machine; local workers: one core each)"
+    )
+    local_cores: int = option(
+        0, "local launcher: hashing threads all servers on this host may run together (0: the host's cores)"
+    )
+    local_cores_dir: Path | None = option(
+        None, "local launcher: directory of the host's core locks, shared by its servers (default in /dev/shm)"
+    )
     worker_idle_s: float = option(60.0, "a launched worker exits after this long without work")
     worker_dead_s: float = option(15.0, "a worker silent this long is reaped and its leases requeued")
     worker_boot_timeout_s: float = option(
@@ -65,6 +73,9 @@ class ServerSettings:
     worker_drain_timeout_s: float = option(
         60.0, "on stop, how long launched workers may finish running jobs (the server waits this plus a margin)"
     )
+    metrics: bool = option(True, "serve Prometheus metrics at GET /metrics (off: no metric is kept)")
+    metrics_auth: bool = option(False, "GET /metrics needs the operator credential, like /internal/status")
+    log_format: str = option("text", "log lines as text, or json (one object per line, with work_id and worker fields)")
     max_client_waits: int = option(256, "concurrent GET /work?wait long-polls; beyond, 503 with Retry-After")
     # connections and slow clients (server/limits.py)
     header_timeout_s: float = option(
@@ -90,6 +101,11 @@ class ServerSettings:
     reconcile_interval_s: float = option(5.0, "seconds between fleet reconciliations with the cloud")
 
     def __post_init__(self) -> None:
+        if self.log_format not in ("text", "json"):
+            raise SettingsError("log_format must be text or json")
+        self._check_limits()
+
+    def _check_limits(self) -> None:
         if self.launcher not in LAUNCHERS:
             raise SettingsError(f"launcher must be one of {', '.join(LAUNCHERS)}")
         if not 0 < self.port < 65536:

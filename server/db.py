@@ -23,6 +23,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -55,10 +56,20 @@ def as_store_error(exc: BaseException) -> StoreError:
 
 
 class Database:
-    def __init__(self, path: Path, *, synchronous: str, setup: Callable[[sqlite3.Connection], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str,
+        setup: Callable[[sqlite3.Connection], None],
+        before_durable_commit: Callable[[], None] = lambda: None,
+        on_commit: Callable[[int, bool, float], None] | None = None,
+    ) -> None:
         self.path = path
         self.synchronous = synchronous.upper()
         self._setup = setup
+        self._before_durable_commit = before_durable_commit  # e.g. sync the files the rows point into
+        self._on_commit = on_commit  # told (operations, durable, seconds) after each commit, in this thread
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -133,7 +144,8 @@ class Database:
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         outcomes: list[Outcome] = []
-        sync = self.synchronous if any(op.durable for op in batch) else self._relaxed
+        durable = any(op.durable for op in batch)
+        sync = self.synchronous if durable else self._relaxed
         try:
             if sync != self._current_sync:
                 conn.execute(f"PRAGMA synchronous={sync}")
@@ -148,9 +160,14 @@ class Database:
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     outcomes.append((op.future, None, as_store_error(exc)))
+            committing = time.perf_counter()
+            if durable:
+                self._before_durable_commit()
             conn.execute("COMMIT")
             self.commits += 1
-        except sqlite3.Error as exc:
+            if self._on_commit is not None:
+                self._on_commit(len(batch), durable, time.perf_counter() - committing)
+        except (sqlite3.Error, OSError) as exc:
             log.error("store commit failed (%d operations lost, none acknowledged): %s", len(batch), exc)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -171,6 +188,10 @@ class Database:
                 self.checkpoints += 1
             except sqlite3.Error as exc:
                 log.warning("WAL checkpoint failed (retried after the next commit): %s", exc)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # -- the API ---------------------------------------------------------------------------
     async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True, nbytes: int = 0) -> T:

@@ -27,6 +27,7 @@ from typing import Any
 
 from common.http import HttpError
 from server.clock import SYSTEM_CLOCK, Clock
+from server.events import Events
 from server.peer import PeerClient
 from server.store import Store
 from server.views import finished_item
@@ -43,8 +44,16 @@ def new_handout_id() -> str:
 
 class Handouts:
     def __init__(
-        self, store: Store, name: str, peer: PeerClient | None, *, confirm_s: float, clock: Clock = SYSTEM_CLOCK
+        self,
+        store: Store,
+        name: str,
+        peer: PeerClient | None,
+        *,
+        confirm_s: float,
+        clock: Clock = SYSTEM_CLOCK,
+        events: Events | None = None,
     ) -> None:
+        self.events = events or Events()
         self.store = store
         self.name = name
         self.peer = peer
@@ -73,6 +82,7 @@ class Handouts:
             await asyncio.shield(self.store.unreserve(handout))  # the peer's lapses by itself
             raise
         await asyncio.shield(self.store.confirm(handout))
+        self.events.handed_out([item["work_id"] for item in items])
         if peer_handout is not None:
             self._to_confirm.put_nowait((peer_handout, self.clock.mono() + self.confirm_s))
 

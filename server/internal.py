@@ -1,6 +1,6 @@
 """The internal API handlers (see server/auth.py for who may call which): workers lease,
-heartbeat, complete and release; the peer pulls, confirms, looks up and syncs; the operator reads
-the detailed status. Job bodies travel raw (see common.wire)."""
+heartbeat, complete and release; the peer pulls, confirms, looks up, syncs and reads the
+dashboard panel; the operator reads the detailed status. Job bodies travel raw (see common.wire)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from typing import Any
 from aiohttp import web
 
 from common.wire import LEASE_CONTENT_TYPE, pack_lease
-from server.api import SERVICE
+from server.api import DASHBOARD, HISTORY, SERVICE
 from server.auth import identity
 from server.errors import BadRequest, NotFound
 from server.service import Entry, LeaseGrant
-from server.web import float_param, int_param, json_response, read_json
+from server.timeline import CURSOR_RE
+from server.web import float_param, int_param, json_response, read_json, text_param
 
 DIGEST_HEX = re.compile(r"[0-9a-f]{128}")
 MAX_ENTRIES = 100_000
@@ -117,8 +118,9 @@ async def peer_confirm(request: web.Request) -> web.Response:
 async def peer_work(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     wait_s = float_param(request, "wait", 0.0, service.settings.long_poll_max_s, 0.0)
+    history = text_param(request, "history", HISTORY, "1 (with the job's history) or 0") == "1"
     try:
-        return json_response(await service.own_work(request.match_info["work_id"], wait_s))
+        return json_response(await service.own_work(request.match_info["work_id"], wait_s, history=history))
     except NotFound:
         raise NotFound("unknown work id") from None
 
@@ -134,6 +136,11 @@ async def peer_sync(request: web.Request) -> web.Response:
     return json_response(await service.sync_loans(want, in_use, revoked))
 
 
+async def peer_dashboard(request: web.Request) -> web.Response:
+    cursor = text_param(request, "since", CURSOR_RE, "a cursor from an earlier answer")
+    return json_response(request.app[DASHBOARD].own(cursor))
+
+
 async def operator_status(request: web.Request) -> web.Response:
     return json_response(await request.app[SERVICE].status(detail=True))
 
@@ -147,4 +154,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/internal/peer/confirm", peer_confirm)
     app.router.add_get("/internal/peer/work/{work_id}", peer_work)
     app.router.add_post("/internal/peer/sync", peer_sync)
+    app.router.add_get("/internal/peer/dashboard", peer_dashboard)
     app.router.add_get("/internal/status", operator_status)

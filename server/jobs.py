@@ -37,6 +37,8 @@ class Job:
     enqueued_at: float  # wall clock, shown to people
     attempts: int = 0
     waiting_since: float = 0.0  # monotonic: when it was last queued (its wait is a duration)
+    enqueued_mono: float = 0.0  # monotonic: when it was enqueued (its end-to-end time is a duration)
+    where: tuple[int, int] | None = None  # (segment, offset) of its body; None: in the row (older state dirs)
 
     @property
     def cost(self) -> int:
@@ -62,6 +64,7 @@ class JobRecord:
     result: bytes | None
     error: str | None
     lease_id: str | None = None  # the current lease while running
+    where: tuple[int, int] | None = None  # (segment, offset) of its body while unfinished
 
     def work_id(self, server: str) -> WorkId:
         return WorkId(server, self.seq, self.nonce)
@@ -74,3 +77,4 @@ class Outcome:
     seq: int
     result: bytes | None
     error: str | None = None
+    lease_id: str | None = None  # the lease it came under (None: decided by the server)

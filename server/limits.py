@@ -44,7 +44,7 @@ import dataclasses
 import enum
 import logging
 import resource
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.streams import StreamReader
@@ -78,10 +78,10 @@ class Admission(enum.Enum):
 def _canned_refusal(limits: ConnectionLimits) -> bytes:
     body = dumps({"error": f"too many connections (max_connections {limits.max_connections}); retry later"})
     head = (
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
     )
-    return (head + body).encode()
+    return head.encode() + body
 
 
 class Connections:
@@ -137,8 +137,8 @@ class GuardedRequestHandler(RequestHandler):
         self.admission = Admission.OPEN
 
     # -- admission -------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # uvloop's TCP transport is one without subclassing it
         self.admission = self._connections.admit()
         if self.admission is Admission.REFUSED:
             self._refuse(transport)

@@ -19,11 +19,14 @@ from common.credentials import Role, derive
 from server import status
 from server.clock import SYSTEM_CLOCK, Clock
 from server.config import ServerSettings
+from server.dashboard import Dashboard
+from server.events import EventLog, Events, Fanout
 from server.handouts import Handouts
 from server.health import Health
 from server.launchers.base import Launcher
 from server.limits import ConnectionLimits, Connections
 from server.loans import Loans
+from server.metrics import Metrics
 from server.peer import SYNC_INTERVAL_S, PeerClient
 from server.peering import Peering, Revocations
 from server.registry import Registry
@@ -32,20 +35,26 @@ from server.scaling.guard import LaunchGuard
 from server.scheduler import Scheduler
 from server.service import Service
 from server.store import Store
+from server.timeline import SAMPLE_INTERVAL_S, Recorder
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
 TTL_SWEEP_INTERVAL_S = 60.0
+BODY_COLLECT_INTERVAL_S = 10.0
 BACKOFF_MAX_S = 30.0
 FORGET_WORKERS_AFTER = 4  # registry entries of workers silent this many worker_dead_s are dropped
 
 
 def make_launcher(settings: ServerSettings) -> Launcher | None:
     if settings.launcher == "local":
+        from server.launchers.cores import CoreBudget, default_directory, host_cores
         from server.launchers.local import LocalLauncher
 
-        return LocalLauncher(settings.state_dir / "workers", drain_timeout_s=settings.worker_drain_timeout_s)
+        cores = CoreBudget(settings.local_cores_dir or default_directory(), settings.local_cores or host_cores())
+        return LocalLauncher(
+            settings.state_dir / "workers", drain_timeout_s=settings.worker_drain_timeout_s, cores=cores
+        )
     if settings.launcher == "ec2":
         from server.launchers.ec2 import Ec2Launcher  # boto3 is only imported where it is used
 
@@ -60,9 +69,21 @@ class Node:
         self.secret = secret
         self.clock = clock
         self.health = Health(clock)
-        self.store = Store(settings.state_dir / "dynwork.sqlite3", synchronous=settings.sqlite_synchronous)
+        self.recorder = Recorder(self.name, clock)  # what the dashboard learns as jobs finish
+        self.metrics = Metrics() if settings.metrics else None
+        watchers: list[Events] = [self.recorder, *([self.metrics] if self.metrics else []), EventLog(self.name)]
+        self.events = Fanout(*watchers)
+        self.store = Store(
+            settings.state_dir / "dynwork.sqlite3",
+            synchronous=settings.sqlite_synchronous,
+            on_commit=self.events.committed,
+        )
         self.scheduler = Scheduler(
-            self.store, lease_s=settings.lease_s, max_attempts=settings.max_attempts, clock=clock
+            self.store,
+            lease_s=settings.lease_s,
+            max_attempts=settings.max_attempts,
+            clock=clock,
+            events=self.events,
         )
         self.registry = Registry(clock.mono)
         self.peer = (
@@ -97,7 +118,9 @@ class Node:
             peer=self.peer,
             fleet=self.autoscaler,
         )
-        self.handouts = Handouts(self.store, self.name, self.peer, confirm_s=settings.handout_confirm_s, clock=clock)
+        self.handouts = Handouts(
+            self.store, self.name, self.peer, confirm_s=settings.handout_confirm_s, clock=clock, events=self.events
+        )
         self.service = Service(
             settings,
             store=self.store,
@@ -108,7 +131,10 @@ class Node:
             health=self.health,
             peering=self.peering,
             report=self._report,
+            events=self.events,
         )
+        if self.metrics is not None:
+            self.metrics.watch(self)
         self.connections = Connections(
             ConnectionLimits(
                 max_connections=settings.max_connections,
@@ -116,6 +142,7 @@ class Node:
                 header_timeout_s=settings.header_timeout_s,
             )
         )
+        self.dashboard = Dashboard(self)
         self.stopped = asyncio.Event()  # set when the server must stop (a signal)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -142,6 +169,8 @@ class Node:
                 self._supervise(name, step, every_s=every_s)
         self._supervise("lease sweep", self._sweep, every_s=SWEEP_INTERVAL_S)
         self._supervise("result expiry", self._expire_results, every_s=TTL_SWEEP_INTERVAL_S)
+        self._supervise("body segments", self._collect_bodies, every_s=BODY_COLLECT_INTERVAL_S)
+        self._supervise("dashboard sampler", self.dashboard.sample, every_s=SAMPLE_INTERVAL_S)
         if self.autoscaler:
             self._supervise("autoscaler", self.autoscaler.tick, every_s=self.settings.scale_interval_s)
         if self.peer:
@@ -201,6 +230,7 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.dashboard.close()
         if self.peer:
             await self.peer.close()
         await self.store.close()
@@ -217,6 +247,11 @@ class Node:
                 FORGET_WORKERS_AFTER * self.settings.worker_dead_s,
             )
         await self.revocations.save()
+
+    async def _collect_bodies(self) -> None:
+        deleted = await self.store.collect_bodies()
+        if deleted:
+            log.info("deleted %d body segment(s) whose jobs have all finished", deleted)
 
     async def _expire_results(self) -> None:
         removed = await self.store.expire_results(self.clock.steady_wall() - self.settings.result_ttl_s)

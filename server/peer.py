@@ -1,9 +1,9 @@
 """The client side of the peer protocol, over the shared HTTP layer; every reply is checked.
 
 Two connection pools: one for the servers' own exchanges (loan sync, result hand-outs and their
-confirmations), one for client lookups proxied to the peer (`GET /work/{id}` of its jobs, which
-may long-poll). However many clients wait on the peer's jobs, they cannot take the connections
-the servers need to keep in step.
+confirmations, the dashboard's panel one fetch at a time), one for client lookups proxied to the
+peer (`GET /work/{id}` of its jobs, which may long-poll). However many clients wait on the peer's
+jobs, they cannot take the connections the servers need to keep in step.
 
 Any failure (transport, 5xx, a 4xx such as a wrong credential, or a reply of the wrong shape)
 raises a `common.http.HttpError` and is remembered in `last_error` for the detailed status.
@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from common.http import AiohttpTransport, HttpClient, HttpError, NotFound, Unavailable
+from server import panel
 from server.views import check_finished_item, check_work_status
 
 SYNC_INTERVAL_S = 1.0
@@ -107,10 +108,11 @@ class PeerClient:
             raise self._bad_reply("confirm answer lacks a count")
         self._ok()
 
-    async def get_work(self, work_id: str, wait_s: float) -> dict[str, Any]:
+    async def get_work(self, work_id: str, wait_s: float, *, history: bool = False) -> dict[str, Any]:
         """The peer's /work answer for one of its jobs; NotFound when it knows no such job."""
+        query = f"?wait={wait_s:.3f}" + ("&history=1" if history else "")
         body = await self._json(
-            self._proxy, "GET", f"/internal/peer/work/{work_id}?wait={wait_s:.3f}", timeout_s=self.timeout_s + wait_s
+            self._proxy, "GET", f"/internal/peer/work/{work_id}{query}", timeout_s=self.timeout_s + wait_s
         )
         try:
             checked = check_work_status(body, work_id)
@@ -132,3 +134,14 @@ class PeerClient:
         self.name = name
         self._ok()
         return granted, [w for w in revoked if isinstance(w, str)]
+
+    async def dashboard(self, cursor: str | None) -> dict[str, Any]:
+        """The peer's own dashboard panel, with the samples after `cursor` (all of them: None), checked."""
+        query = f"?since={cursor}" if cursor else ""
+        body = await self._json(self._control, "GET", f"/internal/peer/dashboard{query}")
+        try:
+            checked = panel.check(body)
+        except ValueError as exc:
+            raise self._bad_reply(str(exc)) from None
+        self._ok()
+        return checked

@@ -15,6 +15,7 @@ class WorkerInfo:
     last_seen: float
     rate: float | None = None  # cost units per second while busy, as the worker measures it
     busy: bool = False
+    completed: int = 0  # results from this worker that were accepted (the first for their job)
 
 
 #: no worker hashes anywhere near this many cost units per second; larger claims are ignored
@@ -42,6 +43,12 @@ class Registry:
             if isinstance(busy, bool):
                 info.busy = busy
         return info
+
+    def credit(self, worker_id: str, completed: int) -> None:
+        """Count results from the worker that were accepted."""
+        info = self.workers.get(worker_id)
+        if info is not None:
+            info.completed += completed
 
     def seen_within(self, seconds: float) -> list[WorkerInfo]:
         cutoff = self.clock() - seconds

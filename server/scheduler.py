@@ -20,12 +20,16 @@ import secrets
 
 from common.ids import new_nonce
 from server.clock import SYSTEM_CLOCK, Clock
+from server.events import Events
 from server.jobs import Job, Outcome, State
 from server.store import Grant, Store
 
 log = logging.getLogger(__name__)
 
 LEASE_BYTES_MAX = 16 << 20  # one lease response carries at most this much body data (but >= 1 job)
+READ_ON_LOOP_BYTES = 1 << 20  # bodies of a lease read on the event loop up to this; beyond, in a thread
+
+#: told of each job as it finishes: the job, its error (None: completed), the worker that held it
 
 
 @dataclasses.dataclass
@@ -34,6 +38,7 @@ class Lease:
     job: Job
     worker: str
     expires: float  # monotonic
+    started: float = 0.0  # monotonic: when it was handed out
 
 
 def new_lease_id() -> str:
@@ -41,8 +46,17 @@ def new_lease_id() -> str:
 
 
 class Scheduler:
-    def __init__(self, store: Store, *, lease_s: float, max_attempts: int, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        lease_s: float,
+        max_attempts: int,
+        clock: Clock = SYSTEM_CLOCK,
+        events: Events | None = None,
+    ) -> None:
         self.store = store
+        self.events = events or Events()  # must be cheap: its hooks run for every job
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.clock = clock
@@ -62,16 +76,27 @@ class Scheduler:
         """Rebuild the index from disk. A job that was running keeps its lease (same id and
         worker) with a fresh term, so its worker can still report it after this restart."""
         now = self.clock.mono()
+        wall = self.clock.wall()
         records, grants = await self.store.open_jobs()
         for lease_id, grant in grants:
             self._remember(lease_id, grant)
         for r in records:
-            job = Job(r.seq, r.nonce, r.iterations, r.size, r.enqueued_at, r.attempts, waiting_since=now)
+            job = Job(
+                r.seq,
+                r.nonce,
+                r.iterations,
+                r.size,
+                r.enqueued_at,
+                r.attempts,
+                waiting_since=now,
+                where=r.where,
+                enqueued_mono=now - max(0.0, wall - r.enqueued_at),
+            )
             if r.state is State.QUEUED:
                 self._push(job)
             else:
                 lease_id = r.lease_id or new_lease_id()
-                self.leases[job.seq] = Lease(lease_id, job, r.worker or "(unknown)", now + self.lease_s)
+                self.leases[job.seq] = Lease(lease_id, job, r.worker or "(unknown)", now + self.lease_s, started=now)
         log.info("loaded %d queued and %d running jobs", len(self.queued), len(self.leases))
 
     # -- queue -----------------------------------------------------------------------------
@@ -116,8 +141,8 @@ class Scheduler:
     async def enqueue(self, body: bytes, iterations: int) -> Job:
         nonce = new_nonce()
         enqueued_at = self.clock.wall()
-        seq = await self.store.insert(nonce, iterations, body, enqueued_at)
-        job = Job(seq, nonce, iterations, len(body), enqueued_at)
+        seq, where = await self.store.insert(nonce, iterations, body, enqueued_at)
+        job = Job(seq, nonce, iterations, len(body), enqueued_at, where=where, enqueued_mono=self.clock.mono())
         self._push(job)
         self._wake_leasers()
         return job
@@ -135,7 +160,7 @@ class Scheduler:
             if job is None:
                 break
             job.attempts += 1
-            lease = Lease(new_lease_id(), job, worker, expires)
+            lease = Lease(new_lease_id(), job, worker, expires, started=expires - self.lease_s)
             self.leases[job.seq] = lease
             self._remember(lease.lease_id, Grant((job.seq, worker)))
             taken.append(lease)
@@ -164,17 +189,25 @@ class Scheduler:
             finally:
                 if fut in self._lease_waiters:
                     self._lease_waiters.remove(fut)
+        wanted = [(lease.job.seq, lease.job.size, lease.job.where) for lease in taken]
         try:
-            bodies = self.store.lease([(lease.job.seq, lease.lease_id) for lease in taken], worker)
+            if sum(size for _, size, _ in wanted) > READ_ON_LOOP_BYTES and all(w for _, _, w in wanted):
+                bodies = await asyncio.to_thread(self.store.read_bodies, wanted)  # megabytes: off the loop
+            else:
+                bodies = self.store.read_bodies(wanted)
+            handed = [
+                (lease, bodies[lease.job.seq])
+                for lease in taken
+                if lease.job.seq in bodies and self.leases.get(lease.job.seq) is lease
+            ]
+            self.store.record_leases([(lease.job.seq, lease.lease_id) for lease, _ in handed], worker)
         except BaseException:
             self.release_now(taken)  # nothing was handed out
             raise
-        handed = []
-        for lease in taken:
-            if lease.job.seq in bodies:
-                handed.append((lease, bodies[lease.job.seq]))
-            elif self.leases.get(lease.job.seq) is lease:  # finished meanwhile (a late result)
+        for lease in taken:  # finished meanwhile (a late result): nothing to hand out
+            if lease.job.seq not in bodies and self.leases.get(lease.job.seq) is lease:
                 del self.leases[lease.job.seq]
+        self.events.leased([lease for lease, _ in handed])
         return handed
 
     def release_now(self, leases: list[Lease]) -> None:
@@ -216,7 +249,7 @@ class Scheduler:
     async def release(self, leases: list[Lease]) -> int:
         """Give jobs back unstarted (a draining worker): requeued without counting the attempt."""
         mine = [lease for lease in leases if self.leases.get(lease.job.seq) is lease]
-        await self.store.requeue([lease.job.seq for lease in mine], refund_attempt=True)
+        await self.store.requeue([lease.job.seq for lease in mine], refund_attempt=True, outcome="released unstarted")
         for lease in mine:
             if self.leases.get(lease.job.seq) is lease:
                 del self.leases[lease.job.seq]
@@ -224,6 +257,7 @@ class Scheduler:
                 self._push(lease.job)
         if mine:
             self._wake_leasers()
+            self.events.requeued(mine, "released unstarted")
         return len(mine)
 
     async def expire(self, *, worker: str | None = None) -> tuple[int, int]:
@@ -240,8 +274,9 @@ class Scheduler:
             return 0, 0
         exhausted = [lease for lease in victims if lease.job.attempts >= self.max_attempts]
         retry = [lease for lease in victims if lease.job.attempts < self.max_attempts]
+        why = f"worker {worker} silent: reaped" if worker else "lease expired"
         if retry:
-            await self.store.requeue([lease.job.seq for lease in retry])
+            await self.store.requeue([lease.job.seq for lease in retry], outcome=why)
         if exhausted:
             reason = f"gave up after {self.max_attempts} attempts: lease expired without a result (worker lost)"
             await self._finish([Outcome(lease.job.seq, None, reason) for lease in exhausted], None)
@@ -251,14 +286,15 @@ class Scheduler:
                 self._push(lease.job)
         if retry:
             self._wake_leasers()
-            why = f"were held by silent worker {worker}" if worker else "expired"
-            log.info("requeued %d jobs whose leases %s", len(retry), why)
+            self.events.requeued(retry, why)
+            log.info("requeued %d jobs: %s", len(retry), why)
         return len(retry), len(exhausted)
 
     # -- results ---------------------------------------------------------------------------
-    async def complete(self, worker: str, results: list[tuple[int, bytes]]) -> int:
-        """Record results; first result wins. Returns how many were new."""
-        return len(await self._finish([Outcome(seq, result) for seq, result in results], worker))
+    async def complete(self, worker: str, results: list[tuple[int, bytes, str]]) -> int:
+        """Record results (seq, digest, the lease they came under); first result wins. Returns
+        how many were new."""
+        return len(await self._finish([Outcome(seq, result, lease_id=lease) for seq, result, lease in results], worker))
 
     async def fail_attempt(self, failures: list[tuple[Lease, str]]) -> int:
         """The holders of these (current) leases could not compute them: retry, or fail the job
@@ -268,26 +304,35 @@ class Scheduler:
         retry = [lease for lease, _ in current if lease.job.attempts < self.max_attempts]
         done = []
         for lease, error in final:
-            done += await self._finish([Outcome(lease.job.seq, None, f"worker error: {error}")], lease.worker)
+            outcome = Outcome(lease.job.seq, None, f"worker error: {error}", lease_id=lease.lease_id)
+            done += await self._finish([outcome], lease.worker)
         if retry:
-            await self.store.requeue([lease.job.seq for lease in retry])
+            errors = dict((lease.job.seq, error) for lease, error in current)
+            await self.store.requeue([lease.job.seq for lease in retry], outcome="worker error")
             for lease in retry:
                 if self.leases.get(lease.job.seq) is lease:
                     del self.leases[lease.job.seq]
                     self._push(lease.job)
             self._wake_leasers()
+            for lease in retry:
+                self.events.requeued([lease], f"worker error: {errors[lease.job.seq][:200]}")
         return len(done)
 
     async def _finish(self, outcomes: list[Outcome], worker: str | None) -> list[int]:
         done = await self.store.finish(outcomes, worker, self.clock.wall())
         now = self.clock.mono()
+        errors = {o.seq: o.error for o in outcomes if o.error is not None}
         for seq in done:
             for lease_id in self._grants_of.pop(seq, ()):
                 self.grants.pop(lease_id, None)
-            self.leases.pop(seq, None)
+            lease = self.leases.pop(seq, None)
             job = self.queued.pop(seq, None)
             if job is not None:
                 self.backlog_cost -= job.cost
+            elif lease is not None:
+                job = lease.job
+            if job is not None:
+                self.events.finished(job, errors.get(seq), worker or (lease.worker if lease else None), lease)
             for fut in self._done_waiters.pop(seq, ()):
                 if not fut.done():
                     fut.set_result(None)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from common.http import NotFound as PeerNotFound
 from common.ids import WorkId
 from server.config import ServerSettings
 from server.errors import Conflict, NotFound, TooLarge, Unavailable
+from server.events import Events
 from server.handouts import Handouts, Respond
 from server.health import Health
 from server.peer import PeerClient
@@ -88,7 +90,9 @@ class Service:
         health: Health,
         peering: Peering,
         report: Callable[[bool], Awaitable[dict[str, Any]]],
+        events: Events | None = None,
     ) -> None:
+        self.events = events or Events()
         self.settings = settings
         self.name = settings.server_name
         self.store = store
@@ -106,54 +110,65 @@ class Service:
     # -- the public API --------------------------------------------------------------------
     async def enqueue(self, iterations: int, upload: Upload) -> WorkId:
         """Store the job durably, then queue it; the id is returned once it is on disk."""
+        started = time.perf_counter()
         limit = self.settings.max_body_bytes
         if upload.content_length is not None and upload.content_length > limit:
             raise TooLarge(f"body of {upload.content_length} bytes exceeds the limit of {limit} bytes")
         if self.closing:
-            raise Unavailable("server is shutting down; use the other server", retry_after_s=1)
+            raise Unavailable("server is shutting down; use the other server", retry_after_s=1, reason="closing")
         # Uploads in flight count against the queue limit, so concurrent ones cannot overshoot it.
         if len(self.scheduler.queued) + self.uploading >= self.settings.max_queued:
-            raise Unavailable(f"queue is full ({self.settings.max_queued} jobs waiting); retry later", retry_after_s=2)
+            raise Unavailable(
+                f"queue is full ({self.settings.max_queued} jobs waiting); retry later",
+                retry_after_s=2,
+                reason="queue_full",
+            )
         self.uploading += 1
         try:
             body = await upload.read(limit)
             job = await self.scheduler.enqueue(body, iterations)
         finally:
             self.uploading -= 1
+        self.events.enqueued(job, time.perf_counter() - started)
         return job.work_id(self.name)
 
     async def pull_completed(self, top: int, respond: Respond) -> None:
         """Hand up to `top` finished jobs to `respond`; see server/handouts.py for the guarantee."""
         await self.handouts.pull(top, respond)
 
-    async def work(self, work_id: str, wait_s: float) -> dict[str, Any]:
-        """A job's status from whichever server owns it; long-polls up to wait_s for it to finish."""
+    async def work(self, work_id: str, wait_s: float, *, history: bool = False) -> dict[str, Any]:
+        """A job's status from whichever server owns it; long-polls up to wait_s for it to finish.
+        With `history`, also what happened to it: enqueued, each lease, finished, handed out."""
         parsed = WorkId.parse(work_id)
         if parsed is None:
             raise NotFound(f"unknown work id {work_id[:80]!r}")
         if wait_s > 0:
             if self.waiting >= self.settings.max_client_waits:
-                raise Unavailable("too many clients waiting for results; retry later", retry_after_s=1)
+                raise Unavailable(
+                    "too many clients waiting for results; retry later", retry_after_s=1, reason="too_many_waits"
+                )
             self.waiting += 1
             try:
-                return await self._work(parsed, work_id, wait_s)
+                return await self._work(parsed, work_id, wait_s, history)
             finally:
                 self.waiting -= 1
-        return await self._work(parsed, work_id, wait_s)
+        return await self._work(parsed, work_id, wait_s, history)
 
-    async def _work(self, parsed: WorkId, work_id: str, wait_s: float) -> dict[str, Any]:
+    async def _work(self, parsed: WorkId, work_id: str, wait_s: float, history: bool) -> dict[str, Any]:
         if parsed.server == self.name:
-            return await self.own_work(work_id, wait_s)
+            return await self.own_work(work_id, wait_s, history=history)
         if self.peer is None:
             raise NotFound(f"unknown work id {work_id[:80]!r}")
         try:
-            return await self.peer.get_work(str(parsed), wait_s)
+            return await self.peer.get_work(str(parsed), wait_s, history=history)
         except PeerNotFound:
             raise NotFound(f"unknown work id {work_id[:80]!r}") from None
         except HttpError:
-            raise Unavailable(f"the server owning {work_id} is unreachable; retry later", retry_after_s=5) from None
+            raise Unavailable(
+                f"the server owning {work_id} is unreachable; retry later", retry_after_s=5, reason="peer_unreachable"
+            ) from None
 
-    async def own_work(self, work_id: str, wait_s: float) -> dict[str, Any]:
+    async def own_work(self, work_id: str, wait_s: float, *, history: bool = False) -> dict[str, Any]:
         """The status of one of this server's jobs (also what the peer asks for)."""
         parsed = self._own(work_id)
         if parsed is None:
@@ -166,11 +181,25 @@ class Service:
         record = self.store.get(parsed.seq)
         if record is None or record.nonce != parsed.nonce:
             raise NotFound(f"unknown work id {work_id[:80]!r}")
-        return work_status(self.name, record)
+        status = work_status(self.name, record)
+        if not record.state.finished:  # the scheduler knows before the relaxed lease record lands
+            lease = self.scheduler.current(parsed.seq)
+            job = lease.job if lease is not None else self.scheduler.queued.get(parsed.seq)
+            if job is not None:
+                status["status"] = "running" if lease is not None else "queued"
+                status["attempts"] = job.attempts
+        if history:
+            status["history"] = {
+                "enqueued_at": record.enqueued_at,
+                "leases": self.store.history(parsed.seq),
+                "finished_at": record.completed_at,
+                "handed_out_at": self.store.delivered_at(parsed.seq),
+            }
+        return status
 
     def health_report(self) -> dict[str, Any]:
         if self.closing:
-            raise Unavailable("shutting down")
+            raise Unavailable("shutting down", reason="closing")
         report: dict[str, Any] = {"ok": not self.health.degraded, "server": self.name}
         if self.health.degraded:
             report["status"] = "degraded"
@@ -238,8 +267,9 @@ class Service:
         """Record results (first wins; late ones of an earlier lease too) and failed attempts."""
         current = self._check(worker, [*results, *failures])[len(results) :]
         self.registry.touch(worker, stats)
-        done = [(self.scheduler.grant(e.lease_id).seq, e.value) for e in results]  # type: ignore[union-attr]  # _check found every grant
+        done = [(self.scheduler.grant(e.lease_id).seq, e.value, e.lease_id) for e in results]  # type: ignore[union-attr]  # _check found every grant
         accepted = await self.scheduler.complete(worker, done) if done else 0
+        self.registry.credit(worker, accepted)
         failed = [(lease, str(e.value)[:MAX_ERROR_CHARS]) for lease, e in zip(current, failures, strict=True) if lease]
         if failed:
             await self.scheduler.fail_attempt(failed)

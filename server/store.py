@@ -1,4 +1,5 @@
-"""Durable job storage: the jobs, the leases issued for them, and result hand-outs, in SQLite.
+"""Durable job storage: the jobs, the leases issued for them, and result hand-outs, in SQLite;
+the bigger job bodies in segment files beside it (server/bodies.py), written once.
 
 Which writes are durable (fsynced before anyone is told) and which are relaxed is stated per
 operation; see server/db.py for what each means. In short: an enqueue and a confirmed hand-out
@@ -11,11 +12,13 @@ from __future__ import annotations
 import collections
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from server.db import Database, StoreError
+from server.bodies import Bodies
+from server.db import Database, StoreError, as_store_error
 from server.jobs import JobRecord, Outcome, State
 
 __all__ = ["Grant", "Store", "StoreError"]
@@ -23,6 +26,7 @@ __all__ = ["Grant", "Store", "StoreError"]
 log = logging.getLogger(__name__)
 
 Q, R, DONE = int(State.QUEUED), int(State.RUNNING), int(State.COMPLETED)  # for SQL text
+INLINE_BODY_BYTES = 8 << 10  # bodies up to this stay in the job's row; bigger ones go to a segment
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS jobs (
@@ -30,7 +34,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     nonce TEXT NOT NULL,
     iterations INTEGER NOT NULL,
     size INTEGER NOT NULL,
-    body BLOB,                      -- dropped once the job is finished
+    body BLOB,                      -- a small body, until the job finishes (big ones live in segments)
     state INTEGER NOT NULL,         -- server.jobs.State
     attempts INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
@@ -40,44 +44,58 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     delivered INTEGER NOT NULL DEFAULT 0,
     lease_id TEXT,                  -- the current lease while running
-    handout TEXT                    -- reserved by this pullCompleted hand-out until confirmed
+    handout TEXT,                   -- reserved by this pullCompleted hand-out until confirmed
+    seg INTEGER,                    -- where the body is: segment file number ...
+    off INTEGER,                    -- ... and offset in it
+    delivered_at REAL               -- when pullCompleted handed the result out (confirmed)
 );
 CREATE TABLE IF NOT EXISTS leases (
     lease_id TEXT PRIMARY KEY,      -- every lease ever issued for a job that is still kept
     seq INTEGER NOT NULL,
-    worker TEXT NOT NULL
+    worker TEXT NOT NULL,
+    started_at REAL,                -- the job's history: when it was handed out,
+    ended_at REAL,                  -- when the lease ended,
+    outcome TEXT                    -- and how (completed, failed, lease expired, released, ...)
 );
 CREATE INDEX IF NOT EXISTS leases_seq ON leases (seq);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (completed_at) WHERE state >= {DONE};
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state) WHERE state < {DONE};
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-# Created after the migration: it names columns that older state dirs lack.
-PULLABLE_INDEX = (
+# Created after the migration: they name columns that older state dirs lack.
+LATER_INDEXES = (
     "CREATE INDEX IF NOT EXISTS jobs_pullable ON jobs (completed_at)"
-    f" WHERE delivered = 0 AND handout IS NULL AND state >= {DONE}"
+    f" WHERE delivered = 0 AND handout IS NULL AND state >= {DONE}",
+    f"CREATE INDEX IF NOT EXISTS jobs_open_seg ON jobs (seg) WHERE state < {DONE}",
 )
-ADDED_COLUMNS = {"lease_id": "TEXT", "handout": "TEXT"}
+ADDED_COLUMNS = {
+    "jobs": {"lease_id": "TEXT", "handout": "TEXT", "seg": "INTEGER", "off": "INTEGER", "delivered_at": "REAL"},
+    "leases": {"started_at": "REAL", "ended_at": "REAL", "outcome": "TEXT"},
+}
 
 _RECORD_COLUMNS = (
-    "seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error, lease_id"
+    "seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error, lease_id,"
+    " seg, off"
 )
 
 
 def _setup(conn: sqlite3.Connection) -> None:
     conn.executescript(SCHEMA)
-    present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
-    for column, kind in ADDED_COLUMNS.items():
-        if column not in present:  # a state dir from an earlier version
-            conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {kind}")
+    for table, columns in ADDED_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for column, kind in columns.items():
+            if column not in present:  # a state dir from an earlier version
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     conn.execute("DROP INDEX IF EXISTS jobs_undelivered")
-    conn.execute(PULLABLE_INDEX)
+    for index in LATER_INDEXES:
+        conn.execute(index)
     # Reservations die with the process that made them: their results become pullable again.
     conn.execute("UPDATE jobs SET handout = NULL WHERE handout IS NOT NULL")
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
-    seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error, lease_id = row
+    seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error, lease_id = row[:12]
+    seg, off = row[12:14]
     return JobRecord(
         seq=seq,
         nonce=nonce,
@@ -91,6 +109,7 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
         result=None if result is None else bytes(result),
         error=error,
         lease_id=lease_id,
+        where=None if seg is None else (seg, off),
     )
 
 
@@ -107,12 +126,18 @@ class Grant(tuple[int, str]):
 
 
 class Store:
-    def __init__(self, path: Path, *, synchronous: str = "FULL") -> None:
+    def __init__(
+        self, path: Path, *, synchronous: str = "FULL", on_commit: Callable[[int, bool, float], None] | None = None
+    ) -> None:
         self.path = path
-        self.db = Database(path, synchronous=synchronous, setup=_setup)
+        self.bodies = Bodies(path.parent / "bodies")
+        self.db = Database(
+            path, synchronous=synchronous, setup=_setup, before_durable_commit=self.bodies.sync, on_commit=on_commit
+        )
         self.finished: collections.Counter[State] = collections.Counter()  # kept current: /status never scans
 
     async def start(self) -> None:
+        self.bodies.open()
         await self.db.start()
         rows = self.db.read(
             lambda c: c.execute(f"SELECT state, count(*) FROM jobs WHERE state >= {DONE} GROUP BY state").fetchall()
@@ -121,6 +146,7 @@ class Store:
 
     async def close(self) -> None:
         await self.db.close()
+        self.bodies.close()
 
     # -- identity --------------------------------------------------------------------------
     async def check_identity(self, name: str) -> None:
@@ -148,36 +174,63 @@ class Store:
         await self.db.run(op, durable=durable)
 
     # -- jobs ------------------------------------------------------------------------------
-    async def insert(self, nonce: str, iterations: int, body: bytes, now: float) -> int:
-        """Store a new job durably; its seq."""
+    async def insert(self, nonce: str, iterations: int, body: bytes, now: float) -> tuple[int, tuple[int, int] | None]:
+        """Store a new job durably; (seq, where its body is: None when in the row).
 
-        def op(conn: sqlite3.Connection) -> int:
+        A body up to INLINE_BODY_BYTES goes into the row itself: one fsync covers it, where a
+        segment would cost a second one. A bigger body goes to a segment, written once."""
+
+        def op(conn: sqlite3.Connection) -> tuple[int, tuple[int, int] | None]:
+            where = self.bodies.append(body) if len(body) > INLINE_BODY_BYTES else None
             cur = conn.execute(
-                "INSERT INTO jobs (nonce, iterations, size, body, state, enqueued_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (nonce, iterations, len(body), body, State.QUEUED, now),
+                "INSERT INTO jobs (nonce, iterations, size, state, enqueued_at, body, seg, off)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (nonce, iterations, len(body), State.QUEUED, now, None if where else body, *(where or (None, None))),
             )
             assert cur.lastrowid is not None
-            return cur.lastrowid
+            return cur.lastrowid, where
 
         return await self.db.run(op, nbytes=len(body))
 
-    def lease(self, leases: Sequence[tuple[int, str]], worker: str) -> dict[int, bytes]:
-        """Bodies of the still unfinished jobs among (seq, lease id), by seq; records the leases.
+    def read_bodies(self, jobs: Sequence[tuple[int, int, tuple[int, int] | None]]) -> dict[int, bytes]:
+        """The bodies of unfinished jobs given as (seq, size, where), by seq. A body in a segment is
+        read with pread; one in its row (small, or from an earlier version) from the database,
+        which only the event loop may do: call this from a thread only when every `where` is set."""
+        if self.db.closed:
+            raise StoreError("store is closed")
+        try:
+            found = {seq: self.bodies.read(*where, size) for seq, size, where in jobs if where is not None}
+        except OSError as exc:
+            raise as_store_error(exc) from None
+        in_rows = [seq for seq, _, where in jobs if where is None]
+        if in_rows:
+            marks = ",".join("?" * len(in_rows))
+            rows = self.db.read(
+                lambda c: c.execute(
+                    f"SELECT seq, body FROM jobs WHERE seq IN ({marks}) AND state < {DONE} AND body IS NOT NULL",
+                    in_rows,
+                ).fetchall()
+            )
+            found.update((seq, bytes(body)) for seq, body in rows)  # a job finished meanwhile is left out
+        return found
 
-        The bodies are read from what is committed, on the calling thread; the record is queued
-        without waiting (relaxed): it only matters after a restart, where a lease it missed means
-        the job runs again (computed once more, never lost)."""
-        seqs = [seq for seq, _ in leases]
-        marks = ",".join("?" * len(seqs))
-        rows = self.db.read(
-            lambda c: c.execute(
-                f"SELECT seq, body FROM jobs WHERE seq IN ({marks}) AND state < {DONE}", seqs
-            ).fetchall()
-        )
-        bodies = {seq: bytes(body) for seq, body in rows}
-        record = self.db.queue(_record_leases([lease for lease in leases if lease[0] in bodies], worker), durable=False)
+    def record_leases(self, leases: Sequence[tuple[int, str]], worker: str) -> None:
+        """Record leases (relaxed, queued without waiting): the record only matters after a
+        restart, where a lease it missed means the job runs again (once more, never lost)."""
+        record = self.db.queue(_record_leases(leases, worker), durable=False)
         record.add_done_callback(_log_lease_record_failure)
-        return bodies
+
+    def history(self, seq: int) -> list[dict[str, Any]]:
+        """The leases of a job, oldest first: who held it, from when to when, and how it ended."""
+        rows = self.db.read(lambda c: history_rows(c, seq))
+        return [
+            {"lease_id": lease_id, "worker": worker, "started_at": started, "ended_at": ended, "outcome": outcome}
+            for lease_id, worker, started, ended, outcome in rows
+        ]
+
+    def delivered_at(self, seq: int) -> float | None:
+        row = self.db.read(lambda c: c.execute("SELECT delivered_at FROM jobs WHERE seq = ?", (seq,)).fetchone())
+        return None if row is None or row[0] is None else float(row[0])
 
     def grant(self, lease_id: str) -> Grant | None:
         """Who the lease id was issued to, for jobs whose records are still kept."""
@@ -196,6 +249,7 @@ class Store:
             done = []
             for o in outcomes:
                 state = State.COMPLETED if o.result is not None else State.FAILED
+                _end_leases(conn, o, state, now)
                 cur = conn.execute(
                     "UPDATE jobs SET state = ?, result = ?, error = ?, completed_at = ?, body = NULL, lease_id = NULL,"
                     f" worker = coalesce(?, worker) WHERE seq = ? AND state < {DONE}",
@@ -209,11 +263,20 @@ class Store:
         self.finished.update(state for _, state in done)
         return [seq for seq, _ in done]
 
-    async def requeue(self, seqs: Sequence[int], *, refund_attempt: bool = False) -> None:
-        """Put running jobs back in the queue (durable: a requeue must not be undone)."""
+    async def requeue(
+        self, seqs: Sequence[int], *, refund_attempt: bool = False, outcome: str = "requeued", now: float | None = None
+    ) -> None:
+        """Put running jobs back in the queue (durable: a requeue must not be undone); their
+        current leases end with `outcome` in the job's history."""
 
         def op(conn: sqlite3.Connection) -> None:
             refund = 1 if refund_attempt else 0
+            ended = time.time() if now is None else now
+            conn.executemany(
+                "UPDATE leases SET ended_at = ?, outcome = ? WHERE ended_at IS NULL AND lease_id ="
+                f" (SELECT lease_id FROM jobs WHERE seq = ? AND state = {R})",
+                [(ended, outcome, s) for s in seqs],
+            )
             conn.executemany(
                 f"UPDATE jobs SET state = {Q}, worker = NULL, lease_id = NULL, attempts = max(attempts - ?, 0)"
                 f" WHERE seq = ? AND state = {R}",
@@ -241,6 +304,22 @@ class Store:
     def counts(self) -> dict[State, int]:
         """Finished jobs kept, by state (maintained, not counted)."""
         return dict(self.finished)
+
+    async def collect_bodies(self) -> int:
+        """Delete the body segments no unfinished job points into any more; how many.
+
+        Decided in the writer thread by a durable commit, among segments older than the one being
+        appended to, so the finishes that emptied them are durable and no new body can enter them."""
+
+        def op(conn: sqlite3.Connection) -> list[int]:
+            rows = conn.execute(f"SELECT DISTINCT seg FROM jobs WHERE state < {DONE} AND seg IS NOT NULL").fetchall()
+            in_use = {row[0] for row in rows}
+            current = self.bodies.current
+            return [s for s in self.bodies.segments() if s < current and s not in in_use]
+
+        unused = await self.db.run(op)
+        self.bodies.delete(unused)
+        return len(unused)
 
     async def expire_results(self, older_than: float) -> int:
         """Drop finished jobs (and their lease records) completed before `older_than`."""
@@ -277,7 +356,10 @@ class Store:
         """The hand-out reached its client: its results are delivered (durable)."""
 
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute("UPDATE jobs SET delivered = 1, handout = NULL WHERE handout = ?", (handout,)).rowcount
+            return conn.execute(
+                "UPDATE jobs SET delivered = 1, handout = NULL, delivered_at = ? WHERE handout = ?",
+                (time.time(), handout),
+            ).rowcount
 
         return await self.db.run(op)
 
@@ -297,12 +379,36 @@ def _record_leases(leases: Sequence[tuple[int, str]], worker: str) -> Callable[[
             f" WHERE seq = ? AND state = {Q}",
             [(worker, lease_id, seq) for seq, lease_id in leases],
         )
+        started = time.time()
         conn.executemany(
-            "INSERT OR IGNORE INTO leases (lease_id, seq, worker) VALUES (?, ?, ?)",
-            [(lease_id, seq, worker) for seq, lease_id in leases],
+            "INSERT OR IGNORE INTO leases (lease_id, seq, worker, started_at) VALUES (?, ?, ?, ?)",
+            [(lease_id, seq, worker, started) for seq, lease_id in leases],
         )
 
     return op
+
+
+def _end_leases(conn: sqlite3.Connection, o: Outcome, state: State, now: float) -> None:
+    """In the history: the lease a result or failure came under ends with it, and the job's
+    current lease, if another one, ends as superseded."""
+    outcome = "completed" if state is State.COMPLETED else f"failed: {(o.error or '')[:200]}"
+    if o.lease_id is not None:
+        conn.execute(
+            "UPDATE leases SET ended_at = ?, outcome = ? WHERE lease_id = ? AND ended_at IS NULL",
+            (now, outcome, o.lease_id),
+        )
+    conn.execute(
+        "UPDATE leases SET ended_at = ?, outcome = ? WHERE ended_at IS NULL AND lease_id ="
+        f" (SELECT lease_id FROM jobs WHERE seq = ? AND state < {DONE})",
+        (now, "superseded: the job finished" if o.lease_id is not None else outcome, o.seq),
+    )
+
+
+def history_rows(conn: sqlite3.Connection, seq: int) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT lease_id, worker, started_at, ended_at, outcome FROM leases WHERE seq = ? ORDER BY started_at, rowid",
+        (seq,),
+    ).fetchall()
 
 
 def _log_lease_record_failure(future: Any) -> None:

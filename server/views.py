@@ -88,4 +88,27 @@ def check_work_status(value: object, work_id: str) -> dict[str, Any]:
     completed_at = value.get("completed_at")
     if completed_at is not None and not _is_number(completed_at):
         raise ValueError("answer has a malformed completed_at")
-    return {k: value[k] for k in WORK_STATUS_KEYS if k in value}
+    checked = {k: value[k] for k in WORK_STATUS_KEYS if k in value}
+    if "history" in value:
+        checked["history"] = check_history(value["history"])
+    return checked
+
+
+def check_history(value: object) -> dict[str, Any]:
+    """A job's history from the peer: times and leases of the documented shape only."""
+    if not isinstance(value, dict) or not isinstance(value.get("leases"), list) or len(value["leases"]) > 1000:
+        raise ValueError("history is not an object with a list of leases")
+    times = ("enqueued_at", "finished_at", "handed_out_at")
+    if any(value.get(k) is not None and not _is_number(value.get(k)) for k in times):
+        raise ValueError("history has a malformed time")
+    leases = []
+    for lease in value["leases"]:
+        if not isinstance(lease, dict) or not all(isinstance(lease.get(k), str) for k in ("lease_id", "worker")):
+            raise ValueError("history has a malformed lease")
+        if any(lease.get(k) is not None and not _is_number(lease.get(k)) for k in ("started_at", "ended_at")):
+            raise ValueError("history has a malformed lease time")
+        outcome = lease.get("outcome")
+        if outcome is not None and not isinstance(outcome, str):
+            raise ValueError("history has a malformed outcome")
+        leases.append({k: lease.get(k) for k in ("lease_id", "worker", "started_at", "ended_at", "outcome")})
+    return {**{k: value.get(k) for k in times}, "leases": leases}

@@ -4,33 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import math
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from server.errors import BadRequest, ServiceError, TooLarge
+from server.events import Events
 from server.store import StoreError
 
 log = logging.getLogger(__name__)
 
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 _NUMBER = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
-READ_CHUNK = 1 << 16
+READ_CHUNK = 1 << 20
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+EVENTS = web.AppKey("events", Events)  # told of every refusal (metrics), when the app has them
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+def dumps(value: Any) -> bytes:
+    """Compact, strict JSON (a NaN or an infinity would become null, never a bare token)."""
+    return orjson.dumps(value)
 
 
 def json_response(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(text=dumps(value), status=status, content_type="application/json", headers=headers)
+    return web.Response(
+        body=dumps(value), status=status, content_type="application/json", charset="utf-8", headers=headers
+    )
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -67,28 +72,33 @@ def float_param(request: web.Request, name: str, low: float, high: float, defaul
     return value
 
 
+def text_param(request: web.Request, name: str, pattern: re.Pattern[str], what: str) -> str | None:
+    """An optional query parameter that must match `pattern` whole (`what` says what it is)."""
+    text = _one(request, name)
+    if text is not None and not pattern.fullmatch(text):
+        raise BadRequest(f"query parameter {name!r} must be {what}, got {text[:40]!r}")
+    return text
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object (UTF-8, no NaN or Infinity), read within the body limits."""
     limit = body_limits(request).json_max_bytes
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"body of {request.content_length} bytes exceeds the limit of {limit} bytes")
     try:
-        value = json.loads(await read_body(request, limit), parse_constant=_no_constant)
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError too
+        value = orjson.loads(await read_body(request, limit))  # refuses NaN and Infinity as not JSON
+    except ValueError:  # orjson.JSONDecodeError and a body that is not UTF-8
         raise BadRequest("body is not valid JSON") from None
     if not isinstance(value, dict):
         raise BadRequest("body must be a JSON object")
     return value
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 class RequestTimeout(ServiceError):
     """The request body stopped arriving, or arrived slower than the minimum rate."""
 
     status = 408
+    reason = "body_timeout"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,15 +133,18 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     started = loop.time()
     chunks: list[bytes] = []
     size = 0
+    content = request.content
     while True:
         wait_s = limits.read_timeout_s
         if limits.min_bytes_per_s > 0:
             wait_s = min(wait_s, started + limits.read_timeout_s + size / limits.min_bytes_per_s - loop.time())
         try:
-            if wait_s <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(wait_s):
-                chunk = await request.content.read(READ_CHUNK)
+            chunk = content.read_nowait(READ_CHUNK)  # what has arrived already: no timer needed
+            if not chunk and not content.is_eof():
+                if wait_s <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(wait_s):
+                    chunk = await content.read(READ_CHUNK)
         except TimeoutError:
             request[BODY_TIMED_OUT] = True
             raise RequestTimeout(
@@ -163,17 +176,24 @@ class RequestUpload:
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error is JSON; client mistakes are 4xx, storage trouble 503, never a bare 500."""
+    events = request.app.get(EVENTS)
     try:
         return await handler(request)
     except ServiceError as exc:
+        if events is not None:
+            events.refused(exc.reason)
         headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
         return json_response({"error": exc.message, **exc.details}, status=exc.status, headers=headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if events is not None:
+            events.refused("not_found" if exc.status == 404 else "bad_request" if exc.status < 500 else "other")
         keep = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after", "www-authenticate")}
         return error_response(exc.status, exc.reason or "error", keep)
     except StoreError as exc:
+        if events is not None:
+            events.refused("storage")
         log.error("storage error on %s %s: %s", request.method, request.path, exc)
         return error_response(503, f"storage unavailable: {exc}", {"Retry-After": "5"})
     except Exception:

@@ -123,6 +123,18 @@ class Server(localcluster.ServerProcess):
         """GET /internal/status with the operator's credential (derived from the cluster secret)."""
         return http("GET", self.url + "/internal/status", headers=operator_headers(secret)).json()
 
+    def lease(self, secret: str, worker: str, count: int = 10, wait_s: float = 5) -> dict[str, dict]:
+        """Lease as `worker` (its credential derived from the cluster secret): work id -> the job's
+        header entry (lease_id, iterations, size) with its `body`."""
+        from common.wire import unpack_lease
+
+        resp = http(
+            "POST", f"{self.url}/internal/lease?max={count}&wait={wait_s:g}", headers=worker_headers(secret, worker)
+        )
+        assert resp.status == 200, f"lease: {resp.status} {resp.body[:200]!r}"
+        header, bodies = unpack_lease(resp.body)
+        return {job["work_id"]: {**job, "body": body} for job, body in zip(header["jobs"], bodies, strict=True)}
+
     def internal(self, path: str, payload: dict, secret: str, worker_id: str = "test-worker") -> Response:
         """A worker's call, with that worker's credential (derived from the cluster secret)."""
         return http(
@@ -167,18 +179,13 @@ class Completer:
 
     def step(self, server, wait_s: float = 0.2, max_jobs: int = 512) -> dict[str, str | None]:
         """One lease-and-complete round on one server: work id -> result reported (None: failed)."""
-        from common.wire import unpack_lease
-
-        headers = worker_headers(self.token, "test-completer")
-        resp = http("POST", f"{server.url}/internal/lease?max={max_jobs}&wait={wait_s:g}", headers=headers)
-        assert resp.status == 200, f"lease: {resp.status} {resp.body[:200]!r}"
-        header, bodies = unpack_lease(resp.body)
-        if not header["jobs"]:
+        jobs = server.lease(self.token, "test-completer", max_jobs, wait_s)
+        if not jobs:
             return {}
-        leases = {job["work_id"]: job["lease_id"] for job in header["jobs"]}
+        leases = {work_id: job["lease_id"] for work_id, job in jobs.items()}
         done = {
-            job["work_id"]: None if self.fail(job["work_id"]) else reference(body, job["iterations"])
-            for job, body in zip(header["jobs"], bodies, strict=True)
+            work_id: None if self.fail(work_id) else reference(job["body"], job["iterations"])
+            for work_id, job in jobs.items()
         }
         results = [{"work_id": w, "lease_id": leases[w], "result": r} for w, r in done.items() if r is not None]
         failures = [

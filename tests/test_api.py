@@ -13,16 +13,7 @@ from tests.cluster import Completer, Server, free_port, http, make_token_file, r
 
 def lease_as(server, secret: str, worker: str, count: int = 1) -> dict[str, str]:
     """Lease up to `count` jobs as the worker; work id -> lease id."""
-    from common.wire import unpack_lease
-
-    resp = http(
-        "POST",
-        f"{server.url}/internal/lease?max={count}&wait=5",
-        headers={"Authorization": f"Bearer {worker_credential(secret, worker)}", "X-Worker-Id": worker},
-    )
-    assert resp.status == 200, resp.body
-    header, _ = unpack_lease(resp.body)
-    return {job["work_id"]: job["lease_id"] for job in header["jobs"]}
+    return {work_id: job["lease_id"] for work_id, job in server.lease(secret, worker, count).items()}
 
 
 def complete_via_internal(server, token: str, count: int) -> dict[str, str]:

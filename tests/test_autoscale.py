@@ -12,6 +12,7 @@ from tests.cluster import reference, wait_for
 pytestmark = pytest.mark.slow
 
 SCALING = dict(
+    local_cores=8,  # room for both maxima on any machine: this test is about max_workers and loans
     launcher="local",
     max_workers=2,
     worker_threads=1,
@@ -104,3 +105,20 @@ def test_server_sigterm_drains_and_stops_its_workers(make_cluster):
     assert worker_pids(c.a)
     assert c.a.stop(timeout=90) == 0
     assert worker_pids(c.a) == []
+
+
+def test_the_servers_of_one_host_never_run_more_hashing_threads_than_it_has_cores(make_cluster):
+    # Both servers have a backlog and room for three workers each, but the host lends them one core.
+    c = make_cluster(**{**SCALING, "local_cores": 1, "max_workers": 3})
+    iterations = max(20_000, min(int(0.2 * scalar_iterations_per_s()), 5_000_000))  # ~0.2 s of a core
+    jobs = [server.enqueue(b"x%d" % i, iterations) for i in range(6) for server in (c.a, c.b)]
+    most = 0
+
+    def all_done() -> bool:
+        nonlocal most
+        most = max(most, len(worker_pids(c.a)) + len(worker_pids(c.b)))
+        return c.a.status()["completed"] + c.b.status()["completed"] == len(jobs)
+
+    wait_for(all_done, 180, "both backlogs to be done on the one core", interval=0.1)
+    assert most == 1
+    assert c.a.status()["launcher"]["host_cores"]["total"] == 1

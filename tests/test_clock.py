@@ -21,14 +21,35 @@ HOUR = 3600.0
 
 
 class SteppedClock(Clock):
-    """The real monotonic clock; a wall clock the test can step."""
+    """The real clocks, each with an offset the test moves: `step` jumps the wall clock,
+    `paused` moves the monotonic one forward as if the process had been stopped."""
 
     def __init__(self) -> None:
         self.step = 0.0
+        self.paused = 0.0
         super().__init__()
 
     def wall(self) -> float:
         return time.time() + self.step
+
+    def mono(self) -> float:
+        return time.monotonic() + self.paused
+
+
+def autoscaler_for(node: Node, clock: Clock, launcher: Launcher, **hooks: object) -> Autoscaler:
+    """An autoscaler over the node's own parts, as the node wires one (with a launcher of the test's)."""
+    return Autoscaler(
+        settings=node.settings,
+        scheduler=node.scheduler,
+        registry=node.registry,
+        launcher=launcher,
+        guard=node.guard,
+        loans=node.loans,
+        servers=("http://s1",),
+        secret=SECRET,
+        clock=clock.mono,
+        **hooks,
+    )  # type: ignore[arg-type]  # the test's hooks: on_reap
 
 
 class Body:
@@ -93,20 +114,10 @@ def test_wall_clock_steps_expire_reap_drop_and_launch_nothing(tmp_path):
             await service.lease("w-live", 2, 0.0, deliver)
             leased = {str(j.work_id): j for j in grants[0].jobs}
             assert set(leased) == {str(done), str(running)}
-            await node.scheduler.complete("w-live", [(done.seq, b"\1" * 64)])
+            await node.scheduler.complete("w-live", [(done.seq, b"\1" * 64, leased[str(done)].lease_id)])
 
             launcher = FakeLauncher(clock)
-            autoscaler = Autoscaler(
-                settings=node.settings,
-                scheduler=node.scheduler,
-                registry=node.registry,
-                launcher=launcher,
-                guard=node.guard,
-                loans=node.loans,
-                servers=("http://s1",),
-                secret=SECRET,
-                clock=clock.mono,
-            )
+            autoscaler = autoscaler_for(node, clock, launcher)
             node.loans.max_workers = 3
             for step in (+HOUR, -HOUR, +24 * HOUR):
                 clock.step = step
@@ -127,37 +138,15 @@ def test_wall_clock_steps_expire_reap_drop_and_launch_nothing(tmp_path):
     asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
-class PausableClock(Clock):
-    """A monotonic clock the test can move forward, as if the process had been stopped."""
-
-    def __init__(self) -> None:
-        self.paused = 0.0
-        super().__init__()
-
-    def mono(self) -> float:
-        return time.monotonic() + self.paused
-
-
 def test_a_server_paused_longer_than_worker_dead_s_does_not_reap_its_healthy_workers(tmp_path):
     async def scenario() -> None:
-        clock = PausableClock()
+        clock = SteppedClock()
         node = Node(settings(tmp_path, worker_dead_s=4.0, scale_interval_s=0.5), SECRET, clock=clock)
         await node.start()
         try:
             launcher = FakeLauncher(clock)
             reaped: list[str] = []
-            autoscaler = Autoscaler(
-                settings=node.settings,
-                scheduler=node.scheduler,
-                registry=node.registry,
-                launcher=launcher,
-                guard=node.guard,
-                loans=node.loans,
-                servers=("http://s1",),
-                secret=SECRET,
-                on_reap=reaped.extend,
-                clock=clock.mono,
-            )
+            autoscaler = autoscaler_for(node, clock, launcher, on_reap=reaped.extend)
             node.registry.touch("w-live")
             await autoscaler.tick()
             clock.paused += 7.0  # SIGSTOP for 7 s: the worker could not reach us meanwhile

@@ -9,20 +9,11 @@ from __future__ import annotations
 import json
 
 from common.credentials import Role, derive, worker_credential
-from common.wire import unpack_lease
 from tests.cluster import http, reference, wait_for
 
 
 def lease(server, secret: str, worker: str, count: int = 10, wait_s: float = 5) -> dict[str, dict]:
-    """Lease as `worker`; work id -> the job's header entry (lease_id, iterations, ...) plus its body."""
-    resp = http(
-        "POST",
-        f"{server.url}/internal/lease?max={count}&wait={wait_s:g}",
-        headers={"Authorization": f"Bearer {worker_credential(secret, worker)}", "X-Worker-Id": worker},
-    )
-    assert resp.status == 200, resp.body
-    header, bodies = unpack_lease(resp.body)
-    return {job["work_id"]: {**job, "body": body} for job, body in zip(header["jobs"], bodies, strict=True)}
+    return server.lease(secret, worker, count, wait_s)
 
 
 def report(server, secret: str, worker: str, path: str, payload: dict):

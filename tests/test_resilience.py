@@ -15,12 +15,7 @@ from tests.cluster import Completer, Server, free_port, http, make_token_file, r
 
 
 def lease_ids(server, secret: str, worker: str, count: int = 10) -> dict[str, str]:
-    from common.wire import unpack_lease
-
-    resp = http("POST", f"{server.url}/internal/lease?max={count}&wait=5", headers=worker_headers(secret, worker))
-    assert resp.status == 200, resp.body
-    header, _ = unpack_lease(resp.body)
-    return {job["work_id"]: job["lease_id"] for job in header["jobs"]}
+    return {work_id: job["lease_id"] for work_id, job in server.lease(secret, worker, count).items()}
 
 
 def test_a_reaped_workers_credential_stops_working_on_both_servers(make_cluster):
@@ -118,7 +113,13 @@ def test_a_sweep_that_meets_a_full_disk_while_leases_expire_keeps_the_server_up(
     try:
         jobs = {server.enqueue(bytes([i]) * 100, 2): bytes([i]) * 100 for i in range(5)}
         assert set(lease_ids(server, secret, "doomed")) == set(jobs)
-        wait_for(lambda: all(server.work(w).json()["status"] == "running" for w in jobs), 4, "the leases on disk")
+        # the lease records are relaxed writes: a job's history lists its lease once its record landed
+        # (its status says running sooner, from the scheduler); the sweep must have rows to requeue
+        wait_for(
+            lambda: all(http("GET", f"{server.url}/work/{w}?history=1").json()["history"]["leases"] for w in jobs),
+            30,
+            "the leases on disk",
+        )
         # Every write now fails (a write at any offset past 1 byte is refused: EFBIG).
         resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))
         health = wait_for(

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from common import loop
 from common.settings import SettingsError, read_token
 from worker.config import load_settings
 from worker.runner import Worker
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     import native  # imported late: --help works without the compiled module
 
     worker = Worker(settings, token, hasher=native.chain_many, lanes=native.lanes())
-    code = asyncio.run(_run(worker))
+    code = loop.run(_run(worker))
     if worker.abandoned_hashing:
         # Interpreter exit would wait for the C call to finish a job that is no longer ours.
         logging.shutdown()
@@ -35,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(worker: Worker) -> int:
-    loop = asyncio.get_running_loop()
+    running = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop, f"signal {sig.name}")
+        running.add_signal_handler(sig, worker.stop, f"signal {sig.name}")
     return await worker.run()
 
 

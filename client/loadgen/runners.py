@@ -31,8 +31,9 @@ def _timed_out(cfg: BenchConfig, report: BenchReport) -> None:
 # -- throughput ------------------------------------------------------------------------------------
 
 
-async def _pull_loop(client: HttpClient, tracker: ResultTracker, interval_s: float) -> None:
-    """Drains one server's pullCompleted until every job of the bench has been seen."""
+async def pull_loop(client: HttpClient, tracker: ResultTracker, interval_s: float) -> None:
+    """Drains one server's pullCompleted until every job of the run has been seen (the load
+    generator and the benchmark both use it)."""
     target = f"/pullCompleted?top={PULL_TOP}"
     failures = 0
     while not tracker.all_seen.is_set():
@@ -74,7 +75,7 @@ async def run_throughput(cfg: BenchConfig) -> BenchReport:
         clients = _clients(cfg, transport)
         enqueuer = Enqueuer(clients, cfg.iterations)
         start = time.perf_counter()
-        pullers = [asyncio.create_task(_pull_loop(client, tracker, cfg.pull_interval_s)) for client in clients]
+        pullers = [asyncio.create_task(pull_loop(client, tracker, cfg.pull_interval_s)) for client in clients]
         enqueuers = [
             asyncio.create_task(_enqueue_loop(enqueuer, counter, cfg, tracker))
             for _ in range(min(cfg.concurrency, cfg.jobs))

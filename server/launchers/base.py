@@ -81,6 +81,11 @@ class Launcher(abc.ABC):
     async def fleet(self) -> dict[str, FleetMember]:
         """The workers that exist or recently existed, by id: the truth about the fleet."""
 
+    def capacity(self) -> int | None:
+        """How many more one-thread workers there is room for right now beyond what runs (the
+        host's free cores, for local workers); None when only max_workers and loans limit it."""
+        return None
+
     def status(self) -> dict[str, Any]:
         """Launcher-specific facts for GET /status (errors, back-off)."""
         return {"kind": self.name}

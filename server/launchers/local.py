@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from server.launchers.base import FleetMember, Launcher, LaunchError, MemberState, WorkerSpec
+from server.launchers.cores import CoreBudget
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +87,10 @@ class LocalLauncher(Launcher):
     name = "local"
     default_boot_timeout_s = 30.0
 
-    def __init__(self, work_dir: Path, *, drain_timeout_s: float = 60.0) -> None:
+    def __init__(self, work_dir: Path, *, drain_timeout_s: float = 60.0, cores: CoreBudget | None = None) -> None:
         self.work_dir = work_dir
         self.drain_timeout_s = drain_timeout_s
+        self.cores = cores  # the host's cores, shared with other servers on it; None: no limit
         self._procs: dict[str, Process] = {}
         self._stoppers: set[asyncio.Task[None]] = set()
 
@@ -111,45 +113,62 @@ class LocalLauncher(Launcher):
         for suffix in (".pid", ".token"):
             (self.work_dir / f"{worker_id}{suffix}").unlink(missing_ok=True)
 
+    def capacity(self) -> int | None:
+        """Workers of one thread each that the host's free cores still allow (None: no limit)."""
+        return None if self.cores is None else self.cores.free()
+
     async def launch(self, specs: list[WorkerSpec]) -> list[str]:
+        """Start one worker per spec, each on as many free cores of the host as it asks threads
+        for (0: one); a spec for which no core is free is not started (not an error)."""
         started: list[str] = []
         for spec in specs:
-            token_file = self.work_dir / f"{spec.worker_id}.token"
-            argv = [
-                sys.executable,
-                "-m",
-                "worker",
-                "--token-file",
-                str(token_file),
-                "--worker-id",
-                spec.worker_id,
-                "--threads",
-                str(spec.threads),
-                "--idle-exit-s",
-                f"{spec.idle_exit_s:g}",
-                "--drain-timeout-s",
-                f"{spec.drain_timeout_s:g}",
-            ]
-            for url in spec.servers:
-                argv += ["--server", url]
+            held = self.cores.take(spec.threads or 1) if self.cores is not None else []
+            if self.cores is not None and not held:
+                log.info("no free core on this host for worker %s; not launched", spec.worker_id)
+                continue
             try:
-                _write_private(token_file, spec.token + "\n")
-                log_path = self.work_dir / f"{spec.worker_id}.log"
-                with open(log_path, "ab") as logfile:  # noqa: ASYNC230 - append-open of a local log, no I/O wait
-                    proc = await asyncio.create_subprocess_exec(
-                        *argv,
-                        stdin=asyncio.subprocess.DEVNULL,
-                        stdout=logfile,
-                        stderr=logfile,
-                        start_new_session=True,
-                    )
-                _write_private(self.work_dir / f"{spec.worker_id}.pid", f"{proc.pid}\n")
+                await self._start_one(spec, held)
             except OSError as exc:
                 self._forget_files(spec.worker_id)
                 raise LaunchError(f"cannot start worker process: {exc}", started=started) from exc
-            self._procs[spec.worker_id] = Process(proc.pid, proc, time.monotonic())
+            finally:
+                CoreBudget.release(held)  # the worker process holds its own copies now
             started.append(spec.worker_id)
         return started
+
+    async def _start_one(self, spec: WorkerSpec, cores: list[int]) -> None:
+        threads = len(cores) if cores else spec.threads
+        token_file = self.work_dir / f"{spec.worker_id}.token"
+        argv = [
+            sys.executable,
+            "-m",
+            "worker",
+            "--token-file",
+            str(token_file),
+            "--worker-id",
+            spec.worker_id,
+            "--threads",
+            str(threads),
+            "--idle-exit-s",
+            f"{spec.idle_exit_s:g}",
+            "--drain-timeout-s",
+            f"{spec.drain_timeout_s:g}",
+        ]
+        for url in spec.servers:
+            argv += ["--server", url]
+        _write_private(token_file, spec.token + "\n")
+        log_path = self.work_dir / f"{spec.worker_id}.log"
+        with open(log_path, "ab") as logfile:  # noqa: ASYNC230 - append-open of a local log, no I/O wait
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=logfile,
+                start_new_session=True,
+                pass_fds=cores,  # the core locks: held by the worker for as long as it lives
+            )
+        _write_private(self.work_dir / f"{spec.worker_id}.pid", f"{proc.pid}\n")
+        self._procs[spec.worker_id] = Process(proc.pid, proc, time.monotonic())
 
     async def terminate(self, worker_ids: list[str]) -> None:
         for worker_id in worker_ids:
@@ -180,7 +199,10 @@ class LocalLauncher(Launcher):
         return members
 
     def status(self) -> dict[str, Any]:
-        return {"kind": self.name, "processes": sum(1 for p in self._procs.values() if p.alive)}
+        status: dict[str, Any] = {"kind": self.name, "processes": sum(1 for p in self._procs.values() if p.alive)}
+        if self.cores is not None:
+            status["host_cores"] = {"total": self.cores.cores, "free": self.cores.free()}
+        return status
 
     async def close(self) -> None:
         """Stop every worker this server runs and wait while they drain (their drain timeout

@@ -115,11 +115,19 @@ class Autoscaler:
             oldest_wait_s=self.scheduler.oldest_wait_s(),
             live=self.view.live,
             starting=self.view.starting,
-            allowed=self.loans.allowed,
+            allowed=self._allowed(),
             min_workers=self.settings.min_workers,
             worker_rate=self.registry.rate(self.settings.default_worker_rate),
             boot_s=self.boot_s or 0.0,
         )
+
+    def _allowed(self) -> int:
+        """The fleet this server may have now: max_workers and loans, and no more than the
+        launcher has room for (a local worker needs a free core of the host)."""
+        room = self.launcher.capacity()
+        if room is None:
+            return self.loans.allowed
+        return min(self.loans.allowed, self.view.live + self.view.starting + room)
 
     # -- launching -------------------------------------------------------------------------
     def _spec(self) -> WorkerSpec:
@@ -234,7 +242,7 @@ class Autoscaler:
             "busy": self.view.busy,
             "foreign": self.view.foreign,
             "max": self.settings.max_workers,
-            "allowed": self.loans.allowed,
+            "allowed": self._allowed(),
             "wanted": self.wanted,
             "boot_s": None if self.boot_s is None else round(self.boot_s, 2),
             "worker_rate": self.registry.rate(self.settings.default_worker_rate),

@@ -1,11 +1,14 @@
 """Helpers for the unit tier: async test bodies with a hard deadline, a real store, a clock the test
-moves, a server node wired from its real parts (no background loops, no listening socket)."""
+moves, a server node wired from its real parts (no background loops, no listening socket), and a
+gate that holds the store's writer thread so that operations queue up behind it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import functools
+import sqlite3
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, ParamSpec
@@ -70,6 +73,12 @@ async def opened_store(path: Path, *, synchronous: str = "NORMAL") -> AsyncItera
         await store.close()
 
 
+async def insert_seq(store: Store, nonce: str, iterations: int, body: bytes, now: float) -> int:
+    """Store.insert for a test that needs only the new job's seq (not where its body went)."""
+    seq, _ = await store.insert(nonce, iterations, body, now)
+    return seq
+
+
 async def flush(store: Store) -> None:
     """Wait until everything queued to the writer so far is committed (operations commit in order)."""
     await store.db.run(lambda conn: None, durable=False)
@@ -105,3 +114,22 @@ async def until(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+async def wait_in_thread(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, 5.0), "the writer thread never got there"
+
+
+class Gate:
+    """An operation that holds the writer thread until opened, so what follows queues up."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, conn: sqlite3.Connection) -> None:
+        self.entered.set()
+        assert self.opened.wait(5.0)
+
+    def open(self) -> None:
+        self.opened.set()

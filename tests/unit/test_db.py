@@ -1,43 +1,26 @@
 """server.db: the writer thread on a real SQLite file: group commits (bounded in count and bytes),
-per-operation rollback, and the write-ahead log kept bounded by checkpoints."""
+per-operation rollback, the hook that runs before a durable commit, and the write-ahead log kept
+bounded by checkpoints."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sqlite3
-import threading
 
 import pytest
 
 from server import db as db_module
-from server.store import Store, StoreError
-from tests.unit.support import aio, opened_store
+from server.db import Database
+from server.store import INLINE_BODY_BYTES, Store, StoreError
+from tests.unit.support import Gate, aio, opened_store, wait_in_thread
 
 
 def committed_count(store: Store) -> int:
     """Rows visible to a separate connection: what is committed, nothing in flight."""
     with sqlite3.connect(store.path) as conn:
         return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
-
-
-async def wait_in_thread(event: threading.Event) -> None:
-    assert await asyncio.to_thread(event.wait, 5.0), "the writer thread never got there"
-
-
-class Gate:
-    """An operation that holds the writer thread until opened, so what follows queues up."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.opened = threading.Event()
-
-    def __call__(self, conn: sqlite3.Connection) -> None:
-        self.entered.set()
-        assert self.opened.wait(5.0)
-
-    def open(self) -> None:
-        self.opened.set()
 
 
 @aio
@@ -55,7 +38,7 @@ async def test_group_commit_acknowledges_only_after_the_whole_batch_committed(tm
         assert committed_count(store) == 0  # ... inside one open transaction
         assert not any(task.done() for task in inserts)  # and nobody was told yet
         last.open()
-        seqs = await asyncio.gather(*inserts)
+        seqs = [seq for seq, _ in await asyncio.gather(*inserts)]
         await closing
         assert sorted(seqs) == list(range(1, 201))
         assert committed_count(store) == 200
@@ -74,7 +57,7 @@ async def test_a_group_commit_is_bounded_in_bytes(tmp_path, monkeypatch):
         await asyncio.sleep(0)
         gate.open()
         await blocked
-        seqs = await asyncio.gather(*inserts, huge)
+        seqs = [seq for seq, _ in await asyncio.gather(*inserts, huge)]
         assert sorted(seqs) == list(range(1, 22)) and committed_count(store) == 21
         # the gate alone; then three 300-byte inserts per commit (a fourth would pass 1000 bytes),
         # seven commits for twenty; then the 5000-byte one in a commit of its own
@@ -102,7 +85,7 @@ async def test_an_operation_that_raises_rolls_back_only_itself(tmp_path):
         await asyncio.sleep(0)
         gate.open()
         await blocker
-        a, b = await asyncio.gather(before, after)
+        (a, _), (b, _) = await asyncio.gather(before, after)
         with pytest.raises(StoreError, match="ValueError: bad operation"):
             await failing
         with pytest.raises(StoreError, match="no such table"):
@@ -121,16 +104,20 @@ def wal_size(store: Store) -> int:
 
 @aio
 async def test_the_wal_is_checkpointed_when_it_grows_past_its_limit(tmp_path, monkeypatch):
-    limit = 64 << 10
+    limit = 128 << 10  # above what creating the schema leaves in the log
     monkeypatch.setattr(db_module, "WAL_LIMIT_BYTES", limit)
     async with opened_store(tmp_path / "jobs.db") as store:
-        largest = 0
-        for i in range(48):  # 48 x 8 KiB: six times the limit
-            await store.insert(f"n{i:05d}", 1, os.urandom(8 << 10), 1.0)
-            largest = max(largest, wal_size(store))
+        largest = one_commit = 0
+        previous = wal_size(store)
+        for i in range(48):  # 48 bodies of 8 KiB kept in their rows (28-36 KiB of log each): ten times the limit
+            await store.insert(f"n{i:05d}", 1, os.urandom(INLINE_BODY_BYTES), 1.0)
+            size = wal_size(store)
+            one_commit = max(one_commit, size - previous)
+            largest, previous = max(largest, size), size
         assert store.db.checkpoints > 0
-        # after each commit the log is cut back once above the limit: it never holds much more
-        assert largest <= limit + (32 << 10)
+        # after each commit the log is cut back once above the limit: it never holds more than
+        # the commit that took it past the limit (seen before the writer cut it back)
+        assert one_commit < limit and largest <= limit + one_commit
         assert wal_size(store) <= limit
         assert committed_count(store) == 48
 
@@ -141,3 +128,52 @@ async def test_without_pressure_the_wal_is_not_checkpointed(tmp_path):
         for i in range(5):
             await store.insert(f"n{i:05d}", 1, b"x", 1.0)
         assert store.db.checkpoints == 0 and wal_size(store) > 0
+
+
+def visible_rows(path) -> list[int]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return [v for (v,) in conn.execute("SELECT v FROM t ORDER BY v")]
+
+
+def insert_row(v: int):
+    return lambda conn: conn.execute("INSERT INTO t VALUES (?)", (v,))
+
+
+@aio
+async def test_the_durable_commit_hook_runs_before_the_commit_of_durable_batches_only(tmp_path):
+    path = tmp_path / "t.db"
+    seen: list[list[int]] = []  # at each call of the hook: the rows another connection sees
+    failures: list[OSError] = []
+
+    def before_durable_commit() -> None:
+        seen.append(visible_rows(path))
+        if failures:
+            raise failures.pop()
+
+    database = Database(
+        path,
+        synchronous="NORMAL",
+        setup=lambda conn: conn.execute("CREATE TABLE IF NOT EXISTS t (v INTEGER)"),
+        before_durable_commit=before_durable_commit,
+    )
+    await database.start()
+    try:
+        await database.run(insert_row(1), durable=False)
+        assert seen == []  # a relaxed batch
+        await database.run(insert_row(2))
+        assert seen == [[1]]  # before 2 was committed
+        gate = Gate()
+        blocked = asyncio.ensure_future(database.run(gate, durable=False))
+        await wait_in_thread(gate.entered)
+        mixed = [database.queue(insert_row(3), durable=False), database.queue(insert_row(4), durable=True)]
+        gate.open()
+        await blocked
+        await asyncio.gather(*mixed)
+        assert seen == [[1], [1, 2]]  # once for a batch holding a durable operation
+        failures.append(OSError(5, "Input/output error"))  # the files the rows point into could not be synced
+        with pytest.raises(StoreError, match="Input/output error"):
+            await database.run(insert_row(5))
+        await database.run(insert_row(6))  # the writer carries on
+        assert visible_rows(path) == [1, 2, 3, 4, 6]  # nothing of the failed batch was committed
+    finally:
+        await database.close()

@@ -13,7 +13,7 @@ from common import http
 from server import handouts as handouts_module
 from server.handouts import Handouts
 from server.jobs import Outcome
-from tests.unit.support import FakeClock, aio, opened_store, until
+from tests.unit.support import FakeClock, aio, insert_seq, opened_store, until
 
 DIGEST = bytes(range(64))
 
@@ -52,7 +52,7 @@ class FakePeer:
 async def finish(store, count: int) -> list[int]:
     seqs = []
     for i in range(count):
-        seq = await store.insert(f"n{i:02d}aaa", 1, b"x", 1.0)
+        seq = await insert_seq(store, f"n{i:02d}aaa", 1, b"x", 1.0)
         await store.finish([Outcome(seq, DIGEST)], "w", 10.0 + i)
         seqs.append(seq)
     return seqs

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 
 import pytest
 
@@ -66,6 +68,43 @@ async def test_lease_bytes_max_cuts_a_lease_but_hands_out_at_least_one_job(tmp_p
         assert [lease.job.size for lease, _ in await sched.lease("w", 10, 0)] == [40]
         assert [lease.job.size for lease, _ in await sched.lease("w", 10, 0)] == [500]  # alone above the limit
         assert [lease.job.size for lease, _ in await sched.lease("w", 10, 0)] == [10]
+
+
+@aio
+async def test_a_lease_reads_bodies_from_rows_and_segments_off_the_loop_only_when_all_are_in_segments(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(scheduler_module, "READ_ON_LOOP_BYTES", 20 << 10)
+    async with opened_store(tmp_path / "jobs.db") as store:
+        sched = make(store)
+        bodies = [os.urandom(16 << 10), os.urandom(16 << 10), b"small", os.urandom(24 << 10)]
+        jobs = [await sched.enqueue(body, 1) for body in bodies]
+        assert [job.where is None for job in jobs] == [False, False, True, False]  # the small one is in its row
+        on_loop: list[bool] = []
+        real_read = store.read_bodies
+
+        def read_bodies(wanted):  # the real read, noting where it ran
+            on_loop.append(threading.current_thread() is threading.main_thread())
+            return real_read(wanted)
+
+        monkeypatch.setattr(store, "read_bodies", read_bodies)
+        first = await sched.lease("w", 2, 0)  # 32 KiB, all in segments: read in a thread
+        second = await sched.lease("w", 2, 0)  # 24 KiB, one in a row: a row is read on the loop only
+        assert [body for _, body in first + second] == bodies
+        assert on_loop == [False, True]
+
+
+@aio
+async def test_after_a_restart_a_lease_reads_bodies_where_they_were_stored(tmp_path):
+    path = tmp_path / "jobs.db"
+    bodies = [os.urandom(16 << 10), b"small"]
+    async with opened_store(path) as store:
+        for body in bodies:
+            await make(store).enqueue(body, 1)
+    async with opened_store(path) as store:
+        sched = make(store)
+        await sched.load()
+        assert [body for _, body in await sched.lease("w", 2, 0)] == bodies
 
 
 @aio
@@ -151,9 +190,9 @@ async def test_complete_first_result_wins(tmp_path):
         clock = FakeClock(wall=50.0)
         sched = make(store, clock)
         job = await sched.enqueue(b"a", 1)
-        await sched.lease("w1", 1, 0)
-        assert await sched.complete("w1", [(job.seq, DIGEST)]) == 1
-        assert await sched.complete("w2", [(job.seq, bytes(64))]) == 0
+        lease = await lease_one(sched, "w1")
+        assert await sched.complete("w1", [(job.seq, DIGEST, lease.lease_id)]) == 1
+        assert await sched.complete("w2", [(job.seq, bytes(64), lease.lease_id)]) == 0
         record = store.get(job.seq)
         assert (record.state, record.result, record.worker, record.completed_at) == (State.COMPLETED, DIGEST, "w1", 50)
         assert not sched.leases
@@ -166,10 +205,10 @@ async def test_a_late_result_for_a_requeued_job_still_counts(tmp_path):
         clock = FakeClock()
         sched = make(store, clock, max_attempts=5)
         job = await sched.enqueue(b"a", 1)
-        await sched.lease("w1", 1, 0)
+        lease = await lease_one(sched, "w1")
         clock.advance(11)
         assert await sched.expire() == (1, 0)
-        assert await sched.complete("w1", [(job.seq, DIGEST)]) == 1
+        assert await sched.complete("w1", [(job.seq, DIGEST, lease.lease_id)]) == 1
         assert not sched.queued and sched.backlog_cost == 0
         assert await sched.lease("w2", 1, 0) == []
 
@@ -214,8 +253,8 @@ async def test_wait_finished_wakes_on_finish_and_returns_on_timeout(tmp_path):
         waiter = asyncio.ensure_future(sched.wait_finished(job.seq, 60.0))
         await asyncio.sleep(0)
         assert not waiter.done()
-        await sched.lease("w", 1, 0)
-        await sched.complete("w", [(job.seq, DIGEST)])
+        lease = await lease_one(sched, "w")
+        await sched.complete("w", [(job.seq, DIGEST, lease.lease_id)])
         await asyncio.wait_for(waiter, 5.0)
         assert not sched._done_waiters  # no waiter left behind
 
@@ -227,7 +266,7 @@ async def test_load_after_a_restart_rebuilds_queued_and_running(tmp_path):
         sched = make(store)
         jobs = [await sched.enqueue(f"b{i}".encode(), 1) for i in range(4)]
         done, running = [lease for lease, _ in await sched.lease("w1", 2, 0)]
-        await sched.complete("w1", [(jobs[0].seq, DIGEST)])
+        await sched.complete("w1", [(jobs[0].seq, DIGEST, done.lease_id)])
         await flush(store)
     async with opened_store(path) as store:
         clock = FakeClock(mono=5000.0)
@@ -243,7 +282,8 @@ async def test_load_after_a_restart_rebuilds_queued_and_running(tmp_path):
         assert running.lease_id in sched.grants and done.lease_id not in sched.grants  # only unfinished jobs'
         assert sched.backlog_cost == sum(j.cost for j in sched.queued.values())
         assert [lease.job.seq for lease, _ in await sched.lease("w2", 5, 0)] == [jobs[2].seq, jobs[3].seq]
-        assert await sched.complete("w1", [(jobs[1].seq, DIGEST)]) == 1  # the pre-restart job finishes
+        # the pre-restart job finishes
+        assert await sched.complete("w1", [(jobs[1].seq, DIGEST, running.lease_id)]) == 1
 
 
 @aio
@@ -268,6 +308,18 @@ async def test_a_store_failure_during_a_lease_puts_the_jobs_back(tmp_path):
         sched = make(store)
         job = await sched.enqueue(b"a", 1)
         await store.close()  # a real failure: the store refuses every operation now
+        with pytest.raises(StoreError):
+            await sched.lease("w", 1, 0)
+        assert list(sched.queued) == [job.seq] and sched.queued[job.seq].attempts == 0
+        assert not sched.leases
+
+
+@aio
+async def test_a_store_failure_during_a_lease_of_segment_bodies_puts_the_jobs_back(tmp_path):
+    async with opened_store(tmp_path / "jobs.db") as store:
+        sched = make(store)
+        job = await sched.enqueue(os.urandom(16 << 10), 1)
+        await store.close()
         with pytest.raises(StoreError):
             await sched.lease("w", 1, 0)
         assert list(sched.queued) == [job.seq] and sched.queued[job.seq].attempts == 0

@@ -51,7 +51,7 @@ async def test_grants_are_remembered_for_unfinished_jobs_and_dropped_on_finish(t
         assert sched.grant(second.lease_id) == Grant((job.seq, "w2"))
         assert sched.grant("made-up-lease-id") is None
         assert sched.current(job.seq) is second
-        assert await sched.complete("w2", [(job.seq, DIGEST)]) == 1
+        assert await sched.complete("w2", [(job.seq, DIGEST, second.lease_id)]) == 1
         assert set(sched.grants) == {third.lease_id}  # the finished job's are dropped from memory
         assert sched.current(job.seq) is None and sched.nonce(job.seq) is None
         await flush(store)
@@ -100,8 +100,8 @@ async def test_a_wall_clock_step_does_not_move_the_finish_rate(tmp_path):
         clock = FakeClock()
         sched = make(store, clock)
         job = await sched.enqueue(b"a", 1)
-        await sched.lease("w1", 1, 0)
-        await sched.complete("w1", [(job.seq, DIGEST)])
+        ((lease, _),) = await sched.lease("w1", 1, 0)
+        await sched.complete("w1", [(job.seq, DIGEST, lease.lease_id)])
         clock.step_wall(HOUR)
         assert sched.jobs_per_s(window_s=10.0) == 0.1
         clock.advance(10.5)
@@ -129,5 +129,5 @@ async def test_load_keeps_each_running_jobs_lease_and_its_earlier_grants(tmp_pat
         assert sched.nonce(job.seq) == job.nonce
         # w1's late result is still recognised after the restart, and finishes the job
         assert sched.grant(old.lease_id).worker == "w1"
-        assert await sched.complete("w1", [(job.seq, DIGEST)]) == 1
+        assert await sched.complete("w1", [(job.seq, DIGEST, old.lease_id)]) == 1
         assert not sched.grants and not sched.leases

@@ -8,7 +8,7 @@ import pytest
 
 from server.jobs import JobRecord, Outcome, State
 from server.store import Grant, Store, StoreError
-from tests.unit.support import aio, flush, opened_store
+from tests.unit.support import aio, flush, insert_seq, opened_store
 
 DIGEST = bytes(range(64))
 OTHER_DIGEST = bytes(64)
@@ -17,8 +17,8 @@ OTHER_DIGEST = bytes(64)
 @aio
 async def test_insert_and_get(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
-        first = await store.insert("abc234", 7, b"hello", 100.0)
-        second = await store.insert("xyz234", 1, b"", 101.0)
+        first = await insert_seq(store, "abc234", 7, b"hello", 100.0)
+        second = await insert_seq(store, "xyz234", 1, b"", 101.0)
         assert second > first
         assert store.get(first) == JobRecord(
             seq=first,
@@ -38,31 +38,43 @@ async def test_insert_and_get(tmp_path):
 
 
 @aio
-async def test_lease_returns_bodies_and_records_the_lease_later(tmp_path):
+async def test_bodies_are_read_by_seq_and_leases_are_recorded_later(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
-        a = await store.insert("aaaaaa", 1, b"body-a", 1.0)
-        b = await store.insert("bbbbbb", 1, b"body-b", 1.0)
-        done = await store.insert("cccccc", 1, b"body-c", 1.0)
+        big = bytes(range(256)) * 64  # 16 KiB: kept in a segment, the small one in its row
+        a, in_row = await store.insert("aaaaaa", 1, b"body-a", 1.0)
+        b, in_segment = await store.insert("bbbbbb", 1, big, 1.0)
+        done = await insert_seq(store, "cccccc", 1, b"body-c", 1.0)
         await store.finish([Outcome(done, DIGEST)], "w0", 2.0)
-        bodies = store.lease([(a, "lease-a"), (b, "lease-b"), (done, "lease-c"), (999, "lease-x")], "w1")
-        assert bodies == {a: b"body-a", b: b"body-b"}  # finished and unknown jobs are not handed out
+        assert in_row is None and in_segment is not None
+        assert store.read_bodies([(a, 6, in_row), (b, len(big), in_segment)]) == {a: b"body-a", b: big}
+        # the scheduler records only the leases it handed out; one for a job finished meanwhile
+        # (a late result won the race) must not make that job run again
+        store.record_leases([(a, "lease-a"), (b, "lease-b"), (done, "lease-c")], "w1")
         await flush(store)  # the lease record is queued without waiting; a later run commits it
         for seq, lease_id in ((a, "lease-a"), (b, "lease-b")):
             record = store.get(seq)
             assert (record.state, record.attempts, record.worker, record.lease_id) == (State.RUNNING, 1, "w1", lease_id)
             assert store.grant(lease_id) == Grant((seq, "w1"))
-        assert store.get(done).state is State.COMPLETED
-        assert store.grant("lease-c") is None and store.grant("lease-x") is None  # nothing recorded for them
+        record = store.get(done)
+        assert (record.state, record.attempts, record.worker, record.lease_id) == (State.COMPLETED, 0, "w0", None)
+
+
+@aio
+async def test_a_finished_job_has_no_body_to_hand_out(tmp_path):
+    async with opened_store(tmp_path / "jobs.db") as store:
+        done = await insert_seq(store, "cccccc", 1, b"body-c", 1.0)
+        await store.finish([Outcome(done, DIGEST)], "w0", 2.0)
+        assert store.read_bodies([(done, 6, None)]) == {}
 
 
 @aio
 async def test_lease_records_are_kept_while_the_job_is_and_its_current_lease_is_cleared_on_finish(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
-        seq = await store.insert("aaaaaa", 1, b"x", 1.0)
-        store.lease([(seq, "first")], "w1")
+        seq = await insert_seq(store, "aaaaaa", 1, b"x", 1.0)
+        store.record_leases([(seq, "first")], "w1")
         await store.requeue([seq])
         assert store.get(seq).lease_id is None  # requeued: no current lease
-        store.lease([(seq, "second")], "w2")
+        store.record_leases([(seq, "second")], "w2")
         await flush(store)
         assert (store.get(seq).lease_id, store.get(seq).attempts) == ("second", 2)
         assert (store.grant("first"), store.grant("second")) == (Grant((seq, "w1")), Grant((seq, "w2")))
@@ -77,9 +89,9 @@ async def test_lease_records_are_kept_while_the_job_is_and_its_current_lease_is_
 @aio
 async def test_finish_first_outcome_wins_and_drops_the_body(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
-        a = await store.insert("aaaaaa", 3, b"body", 1.0)
-        b = await store.insert("bbbbbb", 3, b"body", 1.0)
-        store.lease([(a, "la"), (b, "lb")], "w1")
+        a = await insert_seq(store, "aaaaaa", 3, b"body", 1.0)
+        b = await insert_seq(store, "bbbbbb", 3, b"body", 1.0)
+        store.record_leases([(a, "la"), (b, "lb")], "w1")
         assert await store.finish([Outcome(a, DIGEST), Outcome(b, None, "boom")], None, 5.0) == [a, b]
         assert await store.finish([Outcome(a, OTHER_DIGEST), Outcome(b, DIGEST)], "w2", 6.0) == []
         ra, rb = store.get(a), store.get(b)
@@ -92,8 +104,8 @@ async def test_finish_first_outcome_wins_and_drops_the_body(tmp_path):
 @aio
 async def test_requeue_only_touches_running_jobs_and_may_refund_the_attempt(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
-        a, b, c = [await store.insert(n, 1, b"x", 1.0) for n in ("aaaaaa", "bbbbbb", "cccccc")]
-        store.lease([(a, "la"), (b, "lb")], "w1")
+        a, b, c = [await insert_seq(store, n, 1, b"x", 1.0) for n in ("aaaaaa", "bbbbbb", "cccccc")]
+        store.record_leases([(a, "la"), (b, "lb")], "w1")
         await store.requeue([a])
         await store.requeue([b, c], refund_attempt=True)
         ra, rb, rc = store.get(a), store.get(b), store.get(c)
@@ -108,12 +120,12 @@ async def test_requeue_only_touches_running_jobs_and_may_refund_the_attempt(tmp_
 @aio
 async def test_open_jobs_counts_and_expire_results(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
-        q = await store.insert("qqqqqq", 1, b"x", 0.0)
-        r = await store.insert("rrrrrr", 1, b"x", 0.0)
-        old = await store.insert("oooooo", 1, b"x", 0.0)
-        new = await store.insert("nnnnnn", 1, b"x", 0.0)
-        failed = await store.insert("ffffff", 1, b"x", 0.0)
-        store.lease([(r, "lr"), (old, "lo")], "w")
+        q = await insert_seq(store, "qqqqqq", 1, b"x", 0.0)
+        r = await insert_seq(store, "rrrrrr", 1, b"x", 0.0)
+        old = await insert_seq(store, "oooooo", 1, b"x", 0.0)
+        new = await insert_seq(store, "nnnnnn", 1, b"x", 0.0)
+        failed = await insert_seq(store, "ffffff", 1, b"x", 0.0)
+        store.record_leases([(r, "lr"), (old, "lo")], "w")
         await store.finish([Outcome(old, DIGEST)], "w", 10.0)
         await store.finish([Outcome(new, DIGEST)], "w", 100.0)
         await store.finish([Outcome(failed, None, "bad")], "w", 100.0)
@@ -135,7 +147,7 @@ def nonzero(counts: dict[State, int]) -> dict[State, int]:
 async def test_counts_are_maintained_not_scanned_and_rebuilt_at_start(tmp_path):
     path = tmp_path / "jobs.db"
     async with opened_store(path) as store:
-        seqs = [await store.insert(f"n{i}aaaa", 1, b"x", 0.0) for i in range(4)]
+        seqs = [await insert_seq(store, f"n{i}aaaa", 1, b"x", 0.0) for i in range(4)]
         assert store.counts() == {}
         await store.finish([Outcome(seqs[0], DIGEST), Outcome(seqs[1], None, "e")], "w", 10.0)
         await store.finish([Outcome(seqs[0], DIGEST)], "w", 11.0)  # a duplicate counts nothing
@@ -154,7 +166,7 @@ async def test_counts_are_maintained_not_scanned_and_rebuilt_at_start(tmp_path):
 async def test_data_survives_a_reopen(tmp_path):
     path = tmp_path / "jobs.db"
     async with opened_store(path, synchronous="FULL") as store:
-        seq = await store.insert("abc234", 9, b"kept", 1.0)
+        seq = await insert_seq(store, "abc234", 9, b"kept", 1.0)
     async with opened_store(path) as store:
         assert store.get(seq).nonce == "abc234"
         records, grants = await store.open_jobs()
@@ -219,7 +231,9 @@ async def test_a_state_dir_of_the_previous_schema_is_migrated(tmp_path):
             ("rrrrrr", State.RUNNING, None),
         ]
         assert grants == []
-        assert store.lease([(1, "new-lease")], "w1") == {1: b"queu"}
+        assert all(r.where is None for r in records)  # bodies of that version are in their rows ...
+        assert store.read_bodies([(r.seq, r.size, r.where) for r in records]) == {1: b"queu", 2: b"r"}  # ... read there
+        store.record_leases([(1, "new-lease")], "w1")
         await flush(store)
         assert (store.get(1).lease_id, store.grant("new-lease")) == ("new-lease", Grant((1, "w1")))
         (pulled,) = await store.reserve(10, "h1")  # the old finished row is pullable
@@ -229,8 +243,8 @@ async def test_a_state_dir_of_the_previous_schema_is_migrated(tmp_path):
     with sqlite3.connect(path) as conn:
         columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
         indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-    assert {"lease_id", "handout"} <= columns
-    assert "jobs_pullable" in indexes and "jobs_undelivered" not in indexes
+    assert {"lease_id", "handout", "seg", "off"} <= columns
+    assert {"jobs_pullable", "jobs_open_seg"} <= indexes and "jobs_undelivered" not in indexes
     async with opened_store(path) as store:  # and it opens again as it is now
         assert store.counts() == {State.COMPLETED: 2}
 
@@ -241,7 +255,7 @@ async def test_a_closed_store_raises_store_error(tmp_path):
     with pytest.raises(StoreError, match="closed"):
         await store.insert("aaaaaa", 1, b"x", 1.0)  # never started
     await store.start()
-    seq = await store.insert("aaaaaa", 1, b"x", 1.0)
+    seq = await insert_seq(store, "aaaaaa", 1, b"x", 1.0)
     await store.close()
     await store.close()  # twice is fine
     with pytest.raises(StoreError):
@@ -249,7 +263,9 @@ async def test_a_closed_store_raises_store_error(tmp_path):
     with pytest.raises(StoreError):
         store.get(seq)
     with pytest.raises(StoreError):
-        store.lease([(seq, "l")], "w")
+        store.read_bodies([(seq, 1, None)])
+    with pytest.raises(StoreError):
+        store.record_leases([(seq, "l")], "w")
     with pytest.raises(StoreError):
         store.grant("l")
     with pytest.raises(StoreError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from server.jobs import Outcome, State
-from tests.unit.support import aio, opened_store
+from tests.unit.support import aio, insert_seq, opened_store
 
 DIGEST = bytes(range(64))
 
@@ -12,7 +12,7 @@ async def finished(store, count: int, *, first_at: float = 10.0) -> list[int]:
     """`count` finished jobs, completed one second apart (the third of each run failed)."""
     seqs = []
     for i in range(count):
-        seq = await store.insert(f"n{i:02d}aaa", 1, b"x", 1.0)
+        seq = await insert_seq(store, f"n{i:02d}aaa", 1, b"x", 1.0)
         outcome = Outcome(seq, DIGEST) if i % 3 != 2 else Outcome(seq, None, "failed")
         await store.finish([outcome], "w", first_at + i)
         seqs.append(seq)
@@ -23,7 +23,7 @@ async def finished(store, count: int, *, first_at: float = 10.0) -> list[int]:
 async def test_reserve_hands_out_newest_first_and_never_reserves_twice(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
         seqs = await finished(store, 4)
-        await store.insert("openaa", 1, b"x", 1.0)  # an open job is never pulled
+        await insert_seq(store, "openaa", 1, b"x", 1.0)  # an open job is never pulled
         first = await store.reserve(3, "h1")
         assert [r.seq for r in first] == [seqs[3], seqs[2], seqs[1]]
         assert first[1].state is State.FAILED and first[1].error == "failed"
@@ -54,7 +54,7 @@ async def test_a_result_finished_after_a_reservation_is_pullable_by_the_next(tmp
     async with opened_store(tmp_path / "jobs.db") as store:
         await finished(store, 1)
         await store.reserve(10, "h1")
-        late = await store.insert("lateaa", 1, b"x", 1.0)
+        late = await insert_seq(store, "lateaa", 1, b"x", 1.0)
         await store.finish([Outcome(late, DIGEST)], "w", 99.0)
         assert [r.seq for r in await store.reserve(10, "h2")] == [late]
 

@@ -1,0 +1,131 @@
+"""The bare aiohttp baseline: dynwork's public API with nothing behind it.
+
+`python -m client.bench.baseline PORT` serves, in one process, on 127.0.0.1:PORT:
+
+- PUT /enqueue: reads the body, keeps it in a dict under a fresh work id, answers {"work_id": ...};
+- POST /pullCompleted?top=N: pops up to N stored jobs and answers them as dynwork's finished items
+  (work_id, result, iterations, completed_at), the result a fixed placeholder (no hashing);
+- GET /work/{id}: answers the job as completed at once (the latency row's floor).
+
+No disk, no workers, no peer. The benchmark starts two of them (`BaselinePair`), mirroring
+dynwork's two servers, and drives them with the same client, concurrency and alternation.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import subprocess
+import sys
+import time
+from typing import Self
+
+from aiohttp import web
+
+from client.localcluster import ROOT, free_port, get_json, wait_for
+
+PLACEHOLDER_RESULT = "0" * 128
+
+
+class Jobs:
+    """What a baseline server holds: work id -> (iterations, body), and the last sequence number."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, tuple[int, bytes]] = {}
+        self.seq = 0
+
+
+JOBS = web.AppKey("jobs", Jobs)
+
+
+def make_app(name: str) -> web.Application:
+    """The baseline application; `name` prefixes its work ids as dynwork's server name does."""
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app[JOBS] = Jobs()
+
+    async def enqueue(request: web.Request) -> web.Response:
+        body = await request.read()
+        jobs = request.app[JOBS]
+        jobs.seq += 1
+        work_id = f"{name}.{jobs.seq}.aaaaaa"
+        jobs.stored[work_id] = (int(request.query.get("iterations", "1")), body)
+        return web.json_response({"work_id": work_id})
+
+    async def pull_completed(request: web.Request) -> web.Response:
+        top = int(request.query.get("top", "1"))
+        jobs = request.app[JOBS].stored
+        now = time.time()
+        items = []
+        for work_id in list(itertools.islice(jobs, top)):
+            iterations, _ = jobs.pop(work_id)
+            items.append(
+                {"work_id": work_id, "result": PLACEHOLDER_RESULT, "iterations": iterations, "completed_at": now}
+            )
+        return web.json_response(items)
+
+    async def get_work(request: web.Request) -> web.Response:
+        work_id = request.match_info["work_id"]
+        return web.json_response({"work_id": work_id, "status": "completed", "result": PLACEHOLDER_RESULT})
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app.router.add_put("/enqueue", enqueue)
+    app.router.add_post("/pullCompleted", pull_completed)
+    app.router.add_get("/work/{work_id}", get_work)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+class BaselinePair:
+    """Two baseline server processes on free loopback ports; a context manager that stops them."""
+
+    def __init__(self) -> None:
+        self.ports = [free_port(), free_port()]
+        while self.ports[1] == self.ports[0]:
+            self.ports[1] = free_port()
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return tuple(f"http://127.0.0.1:{port}" for port in self.ports)
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
+
+    def __enter__(self) -> Self:
+        try:
+            for port in self.ports:
+                argv = [sys.executable, "-m", "client.bench.baseline", str(port)]
+                self.procs.append(subprocess.Popen(argv, cwd=ROOT))
+            for url in self.urls:
+                wait_for(functools.partial(get_json, url + "/healthz"), 30, f"the baseline server {url}")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0].isdigit():
+        print("usage: python -m client.bench.baseline PORT", file=sys.stderr)
+        return 2
+    port = int(args[0])
+    web.run_app(make_app(f"b{port}"), host="127.0.0.1", port=port, print=None, access_log=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Job bodies in append-only segment files beside the database, written once.
+
+A body goes to the end of the current segment (`seg-<n>.dat`, a new one every SEGMENT_BYTES)
+and the job's row keeps only where it is. Written this way a body costs one sequential write and
+one share of a group fdatasync, instead of a write to SQLite's log plus a copy at the checkpoint,
+and a lease reads it back with one pread, usually from the page cache.
+
+Ordering, for durability: the writer thread appends the bodies of a group commit, fdatasyncs the
+segments it wrote (when the commit is durable), and only then commits the rows that point at
+them, so a committed row never points at bytes a power loss could lose. Bytes appended by an
+operation that was then rolled back are garbage nobody points at.
+
+A segment is deleted once no unfinished job points into it: the store finds which in the writer
+thread, by a durable commit (so the finishes that emptied them cannot be undone by a power loss),
+among the segments older than the one being appended to, which no new body can enter; see
+Store.collect_bodies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SEGMENT_BYTES = 256 << 20
+_NAME = re.compile(r"seg-(\d+)\.dat")
+
+
+class Bodies:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._lock = threading.Lock()  # guards the read fds: the writer deletes, readers open
+        self.current = 0
+        self._fd = -1  # append fd of the current segment (writer thread only)
+        self._size = 0
+        self._new_file = False
+        self._unsynced: set[int] = set()  # segments written since the last sync (writer thread only)
+        self._readers: dict[int, int] = {}  # read fds by segment
+        self._retired: list[int] = []  # read fds of deleted segments, closed at the next deletion
+
+    def path(self, segment: int) -> Path:
+        return self.dir / f"seg-{segment:08d}.dat"
+
+    def segments(self) -> list[int]:
+        return sorted(int(m.group(1)) for e in self.dir.iterdir() if (m := _NAME.fullmatch(e.name)))
+
+    def open(self) -> None:
+        """Start appending to a new segment after the newest one there is."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._start_segment(max(self.segments(), default=0) + 1)
+
+    def _start_segment(self, segment: int) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self.current = segment
+        self._fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = os.fstat(self._fd).st_size
+        self._new_file = True  # its directory entry must reach the disk before a row points into it
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in [*self._readers.values(), *self._retired]:
+                os.close(fd)
+            self._readers.clear()
+            self._retired.clear()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- the writer thread -----------------------------------------------------------------
+    def append(self, body: bytes) -> tuple[int, int]:
+        """Write a body at the end of the current segment; (segment, offset)."""
+        if self._size >= SEGMENT_BYTES:
+            self._start_segment(self.current + 1)
+        offset = self._size
+        view = memoryview(body)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            # A half-written body (a full disk) must not shift where the next ones land: cut it off.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, offset)
+            raise
+        self._size += len(body)
+        self._unsynced.add(self.current)
+        return self.current, offset
+
+    def sync(self) -> None:
+        """fdatasync every segment written since the last sync (before a durable commit), and the
+        directory when a segment was created since, so the file itself survives a power loss."""
+        if self._new_file and self._unsynced:
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._new_file = False
+        for segment in sorted(self._unsynced):
+            if segment == self.current:
+                os.fdatasync(self._fd)
+            else:
+                fd = os.open(self.path(segment), os.O_RDONLY)
+                try:
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        self._unsynced.clear()
+
+    def delete(self, segments: Iterable[int]) -> None:
+        """Delete segments nobody needs. Their read fds are closed only at the next deletion, so a
+        pread that raced with this one still reads from the (unlinked) file, never another fd."""
+        segments = list(segments)
+        with self._lock:
+            for fd in self._retired:
+                os.close(fd)
+            self._retired = [self._readers.pop(s) for s in segments if s in self._readers]
+        for segment in segments:
+            self.path(segment).unlink(missing_ok=True)
+
+    # -- readers (any thread) --------------------------------------------------------------
+    def read(self, segment: int, offset: int, size: int) -> bytes:
+        with self._lock:
+            fd = self._readers.get(segment)
+            if fd is None:
+                fd = self._readers[segment] = os.open(self.path(segment), os.O_RDONLY)
+        data = os.pread(fd, size, offset)
+        if len(data) != size:
+            raise OSError(f"segment {segment} is shorter than the job it holds ({offset}+{size})")
+        return data

@@ -1,0 +1,169 @@
+"""server.bodies: job bodies in append-only segment files, on real files (what the store makes of
+them: test_store_bodies.py). Faults (a full disk, a delete racing a read) are injected by wrapping
+the os call they happen in."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server import bodies as bodies_module
+from server.bodies import Bodies
+
+
+@pytest.fixture
+def bodies(tmp_path: Path) -> Iterator[Bodies]:
+    opened = Bodies(tmp_path / "bodies")
+    opened.open()
+    yield opened
+    opened.close()
+
+
+def fd_target(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+def open_fds_to(path: Path) -> int:
+    """How many of this process's fds point at `path` (unlinked or not)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = fd_target(int(name))
+        except OSError:  # the fd listdir itself used
+            continue
+        count += target in (str(path), f"{path} (deleted)")
+    return count
+
+
+def record_syncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The files (their paths) fdatasync'd or fsync'd from now on; the calls still happen."""
+    synced: list[str] = []
+    for name in ("fdatasync", "fsync"):
+        real = getattr(os, name)
+
+        def spy(fd: int, real=real) -> None:
+            synced.append(fd_target(fd))
+            real(fd)
+
+        monkeypatch.setattr(os, name, spy)
+    return synced
+
+
+def test_bodies_of_every_size_read_back_across_segment_rotations(bodies, monkeypatch):
+    monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 64 << 10)
+    sizes = [0, 1, 8193, 30_000, 40_000, 64 << 10, (64 << 10) + 1, 200_000, 17, 5]
+    written = [(bodies.append(body), body) for body in map(os.urandom, sizes)]
+    # a body goes whole to the current segment; the next one starts once it holds SEGMENT_BYTES
+    assert [where for where, _ in written] == [
+        (1, 0), (1, 0), (1, 1), (1, 8194), (1, 38194), (2, 0), (3, 0), (4, 0), (5, 0), (5, 17)
+    ]  # fmt: skip
+    for where, body in written:
+        assert bodies.read(*where, len(body)) == body
+    assert bodies.segments() == [1, 2, 3, 4, 5] and bodies.current == 5
+    assert [bodies.path(s).stat().st_size for s in bodies.segments()] == [78194, 64 << 10, (64 << 10) + 1, 200_000, 22]
+
+
+def test_reading_past_the_end_of_a_segment_is_an_error(bodies):
+    segment, offset = bodies.append(b"0123456789")
+    with pytest.raises(OSError, match="shorter than the job"):
+        bodies.read(segment, offset + 5, 10)
+
+
+def test_sync_fdatasyncs_every_segment_written_since_the_last_sync_and_nothing_else(bodies, monkeypatch):
+    monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 1000)
+    synced = record_syncs(monkeypatch)
+    bodies.sync()
+    assert synced == []  # nothing written
+    bodies.append(b"a" * 1000)  # fills segment 1 ...
+    bodies.append(b"b" * 10)  # ... so this one starts segment 2
+    bodies.sync()
+    # the directory first (a new segment's entry must survive), then the full one too, by its path
+    assert synced == [str(bodies.dir), str(bodies.path(1)), str(bodies.path(2))]
+    bodies.sync()
+    assert len(synced) == 3
+    bodies.append(b"c")
+    bodies.sync()
+    assert synced[3:] == [str(bodies.path(2))]
+
+
+def test_a_reopened_directory_reads_the_old_segments_and_appends_to_a_new_one(tmp_path):
+    first = Bodies(tmp_path / "bodies")
+    first.open()
+    old = first.append(b"old body")
+    first.close()
+    again = Bodies(tmp_path / "bodies")
+    again.open()
+    try:
+        new = again.append(b"new body")
+        assert (old, new) == ((1, 0), (2, 0))  # never appended after bytes a crash may have cut short
+        assert again.read(*old, 8) == b"old body" and again.read(*new, 8) == b"new body"
+        assert again.path(1).stat().st_size == 8
+    finally:
+        again.close()
+
+
+def test_a_read_racing_a_delete_reads_the_unlinked_file_whose_fd_is_closed_at_the_next_delete(bodies, monkeypatch):
+    monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 100)
+    body = os.urandom(100)
+    where = bodies.append(body)  # fills segment 1
+    bodies.append(b"x")  # segment 2 is the current one
+    assert bodies.read(*where, 100) == body  # segment 1 has a read fd now
+    real_pread = os.pread
+
+    def delete_first(fd: int, size: int, offset: int) -> bytes:
+        """The collector deletes the segment between the reader's fd lookup and its pread."""
+        monkeypatch.setattr(os, "pread", real_pread)
+        bodies.delete([1])
+        return real_pread(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", delete_first)
+    assert bodies.read(*where, 100) == body  # the fd was retired, not closed (nor reused)
+    assert not bodies.path(1).exists() and open_fds_to(bodies.path(1)) == 1
+    bodies.delete([])  # the next deletion closes it
+    assert open_fds_to(bodies.path(1)) == 0
+    with pytest.raises(FileNotFoundError):
+        bodies.read(*where, 100)  # nobody may point into a deleted segment
+
+
+def test_close_closes_every_fd(tmp_path, monkeypatch):
+    monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 10)
+    opened = Bodies(tmp_path / "bodies")
+    opened.open()
+    wheres = [opened.append(b"0123456789") for _ in range(3)]
+    for where in wheres:
+        opened.read(*where, 10)
+    opened.delete([1])
+    opened.close()
+    assert sum(open_fds_to(opened.path(s)) for s in (1, 2, 3, 4)) == 0
+
+
+def test_a_new_segment_is_durable_once_synced_directory_entry_included(bodies, monkeypatch):
+    monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 10)
+    synced = record_syncs(monkeypatch)
+    bodies.append(b"0123456789")
+    bodies.append(b"x")  # creates segment 2
+    bodies.sync()
+    assert str(bodies.path(2)) in synced and str(bodies.dir) in synced
+
+
+def test_a_write_that_fails_halfway_does_not_shift_the_bodies_after_it(bodies, monkeypatch):
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        monkeypatch.setattr(os, "write", disk_full)
+        return real_write(fd, data[: len(data) // 2])
+
+    def disk_full(fd: int, data: bytes) -> int:
+        monkeypatch.setattr(os, "write", real_write)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError, match="No space left"):
+        bodies.append(b"a" * 1000)
+    body = os.urandom(100)
+    where = bodies.append(body)  # space was freed
+    assert bodies.read(*where, len(body)) == body

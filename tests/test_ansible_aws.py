@@ -90,7 +90,7 @@ def tags(resource: dict) -> dict[str, str]:
 # -- refused inputs: nothing is created ------------------------------------------------------
 
 @pytest.mark.parametrize("extra, message", [
-    ((), "needs -e client_cidr"),
+    ((), "needs -e dynwork_client_cidr"),
     (("-e", "client_cidr=0.0.0.0/0", "-e", f"admin_cidr={ADMIN_CIDR}"), "allow_world=true"),
     (("-e", f"client_cidr={CLIENT_CIDR}", "-e", "admin_cidr=198.51.100.0"), "not an IPv4 CIDR block"),
 ])
@@ -124,7 +124,7 @@ def test_two_servers_with_imdsv2_and_the_instance_profile(deployed, aws):
 
 def test_launch_template_uses_the_baked_image_imdsv2_and_terminates_on_shutdown(deployed, aws):
     ec2 = aws["ec2"]
-    (image,) = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [f"{CLUSTER}-worker-v1"]}])[
+    (image,) = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [f"{CLUSTER}-worker-v*"]}])[
         "Images"]
     assert tags(image)["dynwork:cluster"] == CLUSTER
     version = ec2.describe_launch_template_versions(LaunchTemplateName=f"{CLUSTER}-worker", Versions=["$Default"])[
@@ -136,14 +136,15 @@ def test_launch_template_uses_the_baked_image_imdsv2_and_terminates_on_shutdown(
     assert "IamInstanceProfile" not in data  # workers get no IAM role at all
     assert "KeyName" not in data
     (worker_sg,) = ec2.describe_security_groups(GroupNames=[f"{CLUSTER}-worker"])["SecurityGroups"]
-    assert data["SecurityGroupIds"] == [worker_sg["GroupId"]]
+    (nic,) = data["NetworkInterfaces"]
+    assert nic["Groups"] == [worker_sg["GroupId"]] and nic["AssociatePublicIpAddress"] is False
 
 
 def test_security_groups_no_world_ingress_and_nothing_into_workers(deployed, aws):
     groups = aws["ec2"].describe_security_groups(Filters=[{"Name": "tag:dynwork:cluster", "Values": [CLUSTER]}])[
         "SecurityGroups"]
     by_role = {tags(g)["dynwork:role"]: g for g in groups}
-    assert set(by_role) == {"server", "worker"}
+    assert set(by_role) == {"server", "worker", "image-builder"}
     for group in groups:
         for perm in group["IpPermissions"]:
             assert all(r["CidrIp"] != "0.0.0.0/0" for r in perm.get("IpRanges", [])), group["GroupName"]
@@ -155,6 +156,9 @@ def test_security_groups_no_world_ingress_and_nothing_into_workers(deployed, aws
              for src in [r["CidrIp"] for r in p.get("IpRanges", [])] + [g["GroupId"] for g in p.get("UserIdGroupPairs", [])]}
     assert rules == {(22, 22, ADMIN_CIDR), (8001, 8001, CLIENT_CIDR),
                      (8001, 8001, server["GroupId"]), (8001, 8001, worker["GroupId"])}
+    # the image builder has its own group: SSH from the admin CIDR, nothing else
+    assert [(p["FromPort"], [r["CidrIp"] for r in p["IpRanges"]]) for p in by_role["image-builder"]["IpPermissions"]] \
+        == [(22, [ADMIN_CIDR])]
 
 
 def test_server_policy_is_least_privilege(deployed, aws):
@@ -194,7 +198,7 @@ def test_inventory_gives_each_server_its_peer_and_a_loadable_config(deployed, mo
 
     result = run_playbook(
         moto_url, "-i", "inventory/aws", "dynwork_servers", "-c", "local",
-        "-e", f"ansible_python_interpreter={sys.executable}", "-e", "server_max_workers=5",
+        "-e", f"ansible_python_interpreter={sys.executable}", "-e", "server_max_workers=5", "-e", "server_worker_idle_s=60",
         "-m", "ansible.builtin.template",
         "-a", f"src=roles/server/templates/etc/dynwork/server.toml.j2 dest={tmp_path}/{{{{ inventory_hostname }}}}.toml",
         tool=ANSIBLE_PLAYBOOK.parent / "ansible")

@@ -99,7 +99,7 @@ def test_aws_server_config_template_is_what_the_server_loads(tmp_path):
         "server_host": "0.0.0.0", "server_port": "8001", "server_name": "s1",
         "server_public_url": "http://10.0.0.5:8001", "server_peer": "http://10.0.0.6:8001",
         "server_state_dir": "/var/lib/dynwork", "server_token_file": "/etc/dynwork/cluster.token",
-        "server_launcher": "ec2", "server_max_workers": 5, "server_launch_template": "dynwork-worker",
+        "server_launcher": "ec2", "server_max_workers": 5, "server_worker_idle_s": 60, "server_launch_template": "dynwork-worker",
         "server_cluster": "dynwork", "server_aws_region": "eu-west-1",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "DYNWORK_"))}

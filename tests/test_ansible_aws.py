@@ -220,6 +220,21 @@ def test_second_run_changes_nothing(deployed, moto_url, aws):
     assert len(cluster_instances(aws["ec2"])) == 2
 
 
+def test_policies_attached_by_hand_are_removed(deployed, moto_url, aws):
+    """The fleet policy is the role's only permission: an inline or managed policy added by hand
+    (say while debugging) is gone after the next run."""
+    iam, role = aws["iam"], f"{CLUSTER}-server"
+    wide = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "*"}]})
+    iam.put_role_policy(RoleName=role, PolicyName="by-hand", PolicyDocument=wide)
+    managed = iam.create_policy(PolicyName="by-hand-managed", PolicyDocument=wide)["Policy"]["Arn"]
+    iam.attach_role_policy(RoleName=role, PolicyArn=managed)
+    result = deploy(moto_url, "-e", f"dynwork_client_cidr={CLIENT_CIDR}", "-e", f"dynwork_admin_cidr={ADMIN_CIDR}")
+    assert result.returncode == 0, explain(result)
+    assert iam.list_role_policies(RoleName=role)["PolicyNames"] == [f"{CLUSTER}-server-fleet"]
+    assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
+    iam.delete_policy(PolicyArn=managed)
+
+
 def test_teardown_leaves_nothing_of_the_cluster(deployed, moto_url, aws):
     ec2, iam = aws["ec2"], aws["iam"]
     # A worker a server launched from the template must go too.

@@ -22,6 +22,7 @@ Timings of every step are printed at the end (and in the failure message).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -84,6 +85,13 @@ class Rehearsal:
 
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
+    host.CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(host.CACHE_DIR / "rehearsal.lock", "w") as lock:  # one rehearsal at a time on a host:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # they would share addresses and the cgroup subtree
+        yield from _rehearsal(tmp_path_factory)
+
+
+def _rehearsal(tmp_path_factory):
     started = time.monotonic()
     host.install_packages()
     base = rootfs.base_rootfs(host.CACHE_DIR)
@@ -173,7 +181,8 @@ def test_the_whole_aws_deployment_rehearsed_offline(rehearsal: Rehearsal, capsys
 
 
 def first_deploy(rh: Rehearsal) -> None:
-    rh.cloud.faults.profile_propagation_s = 5  # a new instance profile, unknown to EC2 for a while
+    rh.cloud.faults.profile_propagation_s = 15  # a new instance profile, unknown to EC2 for a while
+    rh.cloud.faults.ssh_boot_delay_s = 8  # "running" is not "accepts SSH"
     with rh.step("1 first deploy (site.yml, all plays)"):
         run = rh.deploy()
     assert run.rc == 0, run.explain()

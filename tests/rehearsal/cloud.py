@@ -56,6 +56,7 @@ class Faults:
     profile_propagation_s: float = 0.0  # RunInstances refuses a new instance profile this long
     dependency_violations: int = 0  # DeleteSecurityGroup answers DependencyViolation this often
     late_launch_template: str = ""  # on the first server's termination, launch a worker from it
+    ssh_boot_delay_s: float = 0.0  # an instance with a key pair boots this long after "running"
 
 
 @dataclasses.dataclass
@@ -190,13 +191,15 @@ class Cloud:
         return hooked
 
     def _on_run_instances(self, backend, original, *args, **kwargs):
-        name = kwargs.get("iam_instance_profile_name") or (kwargs.get("iam_instance_profile_arn") or "").rpartition("/")[2]
+        arn = kwargs.get("iam_instance_profile_arn") or ""
+        name = kwargs.get("iam_instance_profile_name") or arn.rpartition("/")[2]
         if name and self.faults.profile_propagation_s:
             first = self._profile_first_use.setdefault(name, time.monotonic())
             if time.monotonic() - first < self.faults.profile_propagation_s:
                 self.event("-", f"RunInstances refused: instance profile {name} not visible to EC2 yet")
-                raise EC2ClientError("InvalidParameterValue", f"Value ({name}) for parameter "
-                                     "iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name")
+                kind, value = ("arn", arn) if arn else ("name", name)
+                raise EC2ClientError("InvalidParameterValue", f"Value ({value}) for parameter iamInstanceProfile."
+                                     f"{kind} is invalid. Invalid IAM Instance Profile {kind.upper() if arn else kind}")
         reservation = original(backend, *args, **kwargs)
         template = (backend._get_template_from_args(kwargs["launch_template"]).data
                     if kwargs.get("launch_template") else {})
@@ -236,7 +239,8 @@ class Cloud:
         with self._lock:
             self.machines[instance.id] = machine
         self.event(instance.id, f"launched at {address} (public: {public}) from {instance.image_id}")
-        self._in_hypervisor(lambda: self._boot(machine))
+        delay = self.faults.ssh_boot_delay_s if key else 0.0  # EC2 says "running" long before sshd answers
+        threading.Timer(delay, lambda: self._in_hypervisor(lambda: self._boot(machine))).start()
 
     def _user_data(self, instance_id: str) -> bytes | None:
         value = self.client("ec2").describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
@@ -245,6 +249,8 @@ class Cloud:
 
     def _boot(self, machine: Machine) -> None:
         """Write what EC2 and cloud-init give an instance, then boot it (hypervisor thread)."""
+        if machine.state != "running":  # stopped or terminated before it came up
+            return
         top = [machine.standin.upper, *machine.standin.layers]
         files = {
             "etc/hostname": machine.standin.hostname + "\n",

@@ -182,7 +182,7 @@ def test_the_whole_aws_deployment_rehearsed_offline(rehearsal: Rehearsal, capsys
 
 def first_deploy(rh: Rehearsal) -> None:
     rh.cloud.faults.profile_propagation_s = 15  # a new instance profile, unknown to EC2 for a while
-    rh.cloud.faults.ssh_boot_delay_s = 8  # "running" is not "accepts SSH"
+    rh.cloud.faults.ssh_boot_delay_s = 20  # "running" is not "accepts SSH" (EC2: 20-60 s)
     with rh.step("1 first deploy (site.yml, all plays)"):
         run = rh.deploy()
     assert run.rc == 0, run.explain()

@@ -122,6 +122,14 @@ def test_region_lookup_prefers_the_environment_then_the_profile_then_the_default
     assert resolve({}, lambda: None) == "us-east-1"
 
 
+def test_verify_waits_long_enough_for_a_cold_worker():
+    """On AWS the probe waits for RunInstances, a cold boot from the snapshot and the bootstrap."""
+    defaults = yaml.safe_load((ROOT / "roles/verify/defaults/main.yml").read_text())
+    tasks = (ROOT / "roles/verify/tasks/main.yml").read_text()
+    assert defaults["verify_timeout_s"] >= 600
+    assert "verify_timeout_s" in tasks and "verify_polls" not in tasks
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_role_has_meta_argument_specs_and_readme(role):
     path = ROOT / "roles" / role

@@ -7,10 +7,12 @@ Its .secrets/ (SSH key, cluster token, known_hosts) stays inside the copy.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -53,7 +55,8 @@ class Controller:
     def playbook(self, *args: str, timeout_s: float = 900) -> "Run":
         started = time.monotonic()
         result = subprocess.run([str(BIN / "ansible-playbook"), *args], cwd=self.dir, env=self._env(),
-                                capture_output=True, text=True, timeout=timeout_s)
+                                capture_output=True, text=True, timeout=timeout_s,
+                                preexec_fn=_die_with_parent)  # a killed pytest leaves no playbook behind
         return Run(result, time.monotonic() - started)
 
     def inventory(self) -> dict:
@@ -61,6 +64,10 @@ class Controller:
         result = subprocess.run([str(BIN / "ansible-inventory"), "-i", "inventory/aws", "--list"], cwd=self.dir,
                                 env=self._env(), capture_output=True, text=True, timeout=120, check=True)
         return json.loads(result.stdout)
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
 class Run:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -149,8 +150,8 @@ class StandIn:
     def journal(self, *args: str, lines: int = 60) -> str:
         """The stand-in's persistent journal, read from its disk (works after it stopped too)."""
         journals = self.upper / "var/log/journal"
-        if not journals.exists():
-            return "(no journal)"
+        if not journals.exists() or shutil.which("journalctl") is None:
+            return "(no journal, or no journalctl on the host)"
         result = subprocess.run(["journalctl", "--directory", str(journals), "--no-pager", "-n", str(lines), *args],
                                 capture_output=True, text=True, timeout=60)
         return result.stdout[-8000:] + result.stderr[-2000:]

@@ -9,5 +9,6 @@ with systemd in its own PID/mount/UTS/IPC/cgroup namespaces, on its own loopback
 - imds.py     a per-instance IMDSv2 endpoint: user-data, instance id, role credentials
 - cloud.py    the hypervisor behind moto: boots, stops, images and terminates stand-ins as the
               EC2 calls arrive, maps instance addresses to 127.0.0.N, injects AWS's delays
+- motogaps.py  EC2 calls the roles make that moto lacks (DeleteLaunchTemplateVersions)
 - controller.py  a committed copy of the working tree and ansible-playbook against it
 """

@@ -109,7 +109,7 @@ def tags(resource: dict) -> dict[str, str]:
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ((), "needs -e client_cidr"),
+        ((), "needs -e dynwork_client_cidr"),
         (("-e", "client_cidr=0.0.0.0/0", "-e", f"admin_cidr={ADMIN_CIDR}"), "allow_world=true"),
         (("-e", f"client_cidr={CLIENT_CIDR}", "-e", "admin_cidr=198.51.100.0"), "not an IPv4 CIDR block"),
     ],
@@ -149,7 +149,7 @@ def test_two_servers_with_imdsv2_and_the_instance_profile(deployed, aws):
 
 def test_launch_template_uses_the_baked_image_imdsv2_and_terminates_on_shutdown(deployed, aws):
     ec2 = aws["ec2"]
-    (image,) = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [f"{CLUSTER}-worker-v1"]}])[
+    (image,) = ec2.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [f"{CLUSTER}-worker-v*"]}])[
         "Images"
     ]
     assert tags(image)["dynwork:cluster"] == CLUSTER
@@ -163,7 +163,8 @@ def test_launch_template_uses_the_baked_image_imdsv2_and_terminates_on_shutdown(
     assert "IamInstanceProfile" not in data  # workers get no IAM role at all
     assert "KeyName" not in data
     (worker_sg,) = ec2.describe_security_groups(GroupNames=[f"{CLUSTER}-worker"])["SecurityGroups"]
-    assert data["SecurityGroupIds"] == [worker_sg["GroupId"]]
+    (nic,) = data["NetworkInterfaces"]
+    assert nic["Groups"] == [worker_sg["GroupId"]] and nic["AssociatePublicIpAddress"] is False
 
 
 def test_security_groups_no_world_ingress_and_nothing_into_workers(deployed, aws):
@@ -171,7 +172,7 @@ def test_security_groups_no_world_ingress_and_nothing_into_workers(deployed, aws
         "SecurityGroups"
     ]
     by_role = {tags(g)["dynwork:role"]: g for g in groups}
-    assert set(by_role) == {"server", "worker"}
+    assert set(by_role) == {"server", "worker", "image-builder"}
     for group in groups:
         for perm in group["IpPermissions"]:
             assert all(r["CidrIp"] != "0.0.0.0/0" for r in perm.get("IpRanges", [])), group["GroupName"]
@@ -189,6 +190,10 @@ def test_security_groups_no_world_ingress_and_nothing_into_workers(deployed, aws
         (8001, 8001, server["GroupId"]),
         (8001, 8001, worker["GroupId"]),
     }
+    # the image builder has its own group: SSH from the admin CIDR, nothing else
+    assert [
+        (p["FromPort"], [r["CidrIp"] for r in p["IpRanges"]]) for p in by_role["image-builder"]["IpPermissions"]
+    ] == [(22, [ADMIN_CIDR])]
 
 
 def test_server_policy_is_least_privilege(deployed, aws):
@@ -239,6 +244,8 @@ def test_inventory_gives_each_server_its_peer_and_a_loadable_config(deployed, mo
         f"ansible_python_interpreter={sys.executable}",
         "-e",
         "server_max_workers=5",
+        "-e",
+        "server_worker_idle_s=60",
         "-m",
         "ansible.builtin.template",
         "-a",
@@ -261,6 +268,21 @@ def test_second_run_changes_nothing(deployed, moto_url, aws):
     assert result.returncode == 0, explain(result)
     assert recap_changed(result.stdout) == {"localhost": 0}, explain(result)
     assert len(cluster_instances(aws["ec2"])) == 2
+
+
+def test_policies_attached_by_hand_are_removed(deployed, moto_url, aws):
+    """The fleet policy is the role's only permission: an inline or managed policy added by hand
+    (say while debugging) is gone after the next run."""
+    iam, role = aws["iam"], f"{CLUSTER}-server"
+    wide = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "ec2:*", "Resource": "*"}]})
+    iam.put_role_policy(RoleName=role, PolicyName="by-hand", PolicyDocument=wide)
+    managed = iam.create_policy(PolicyName="by-hand-managed", PolicyDocument=wide)["Policy"]["Arn"]
+    iam.attach_role_policy(RoleName=role, PolicyArn=managed)
+    result = deploy(moto_url, "-e", f"dynwork_client_cidr={CLIENT_CIDR}", "-e", f"dynwork_admin_cidr={ADMIN_CIDR}")
+    assert result.returncode == 0, explain(result)
+    assert iam.list_role_policies(RoleName=role)["PolicyNames"] == [f"{CLUSTER}-server-fleet"]
+    assert iam.list_attached_role_policies(RoleName=role)["AttachedPolicies"] == []
+    iam.delete_policy(PolicyArn=managed)
 
 
 def test_teardown_leaves_nothing_of_the_cluster(deployed, moto_url, aws):

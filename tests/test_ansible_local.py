@@ -51,9 +51,14 @@ def local_target(tmp_path_factory):
     extra = json.dumps({"dynwork_local_ports": ports, "dynwork_run_dir": str(run_dir), "common_venv": sys.prefix})
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "DYNWORK_"))}
 
-    def playbook(path: str) -> subprocess.CompletedProcess:
+    def playbook(path: str, *more: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(ANSIBLE_PLAYBOOK), path, "-e", extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+            [str(ANSIBLE_PLAYBOOK), path, "-e", extra, *more],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
 
     yield playbook, ports, run_dir
@@ -82,6 +87,14 @@ def test_site_starts_two_verified_peers_then_changes_nothing_then_tears_down(loc
     assert second.returncode == 0, explain(second)
     assert set(recap_changed(second.stdout).values()) == {0}, explain(second)
 
+    # Other arguments restart the servers ("already running" alone would keep the old ones).
+    third = playbook("site.yml", "-e", "server_max_workers=3")
+    assert third.returncode == 0, explain(third)
+    assert recap_changed(third.stdout)["s8001"] > 0, explain(third)
+    for port in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as answer:
+            assert json.loads(answer.read())["workers"]["max"] == 3
+
     down = playbook("playbooks/teardown.yml")
     assert down.returncode == 0, explain(down)
     for name in ("s8001", "s8002"):
@@ -106,6 +119,7 @@ def test_aws_server_config_template_is_what_the_server_loads(tmp_path):
         "server_token_file": "/etc/dynwork/cluster.token",
         "server_launcher": "ec2",
         "server_max_workers": 5,
+        "server_worker_idle_s": 60,
         "server_launch_template": "dynwork-worker",
         "server_cluster": "dynwork",
         "server_aws_region": "eu-west-1",

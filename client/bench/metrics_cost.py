@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from client.bench import drive
-from client.bench.cluster import Headline, Options, RowResult, dynwork_cluster, server_pids
+from client.bench.cluster import Headline, Options, RowResult, dynwork_cluster, ratio, server_pids
 from client.bench.rows import SMALL, _combine, _drive, _median_ratio, _roles, _side
 
 
@@ -32,11 +32,17 @@ def row_metrics(opts: Options) -> RowResult:
     with_metrics, without = _combine(on_runs, bodies.total_bytes), _combine(off_runs, bodies.total_bytes)
     cost, each = _median_ratio(on_runs, off_runs, "end_to_end_jobs_per_s")
     row.figures.update(metrics_on=with_metrics, metrics_off=without, on_over_off=cost, on_over_off_rounds=each)
+    # The servers' CPU per job hardly depends on what else runs: the steadier figure of the two.
+    cpu_on, cpu_off = with_metrics["cpu_ms_per_job"]["servers"], without["cpu_ms_per_job"]["servers"]
+    cpu = ratio(cpu_off, cpu_on)
+    row.figures["server_cpu_off_over_on"] = cpu
     row.ok = bool(with_metrics["ok"] and without["ok"])
     row.lines += [
         _side("dynwork, metrics on", with_metrics),
         _side("dynwork, --no-metrics", without),
         f"  {'ratio on / off':<30} end to end {cost}x (rounds {each})",
+        f"  {'servers CPU ms per job':<30} on {cpu_on:.3f}, off {cpu_off:.3f}: off / on {cpu}x",
     ]
     row.headlines["on_over_off"] = Headline(cost, "x", "(1.0: metrics cost nothing)")
+    row.headlines["server_cpu"] = Headline(cpu, "x", "(servers' CPU per job without metrics / with)")
     return row

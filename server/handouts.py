@@ -68,20 +68,25 @@ class Handouts:
         """Reserve up to `top` results (own first, then the peer's), respond, then confirm."""
         handout = new_handout_id()
         items = [finished_item(self.name, r) for r in await self.store.reserve(top, handout)]
+        reserved_own = bool(items)  # an empty reservation has nothing to confirm or release
         peer_handout = None
         if len(items) < top and self.peer is not None:
             try:
                 peer_handout, peer_items = await self.peer.reserve(top - len(items))
                 items += peer_items
+                if not peer_items:
+                    peer_handout = None  # nothing of the peer's to confirm
             except HttpError:
                 pass  # a peer that is down (or too slow) is skipped: its results wait for it
         items.sort(key=lambda item: item["completed_at"] or 0.0, reverse=True)
         try:
             await respond(items)
         except BaseException:
-            await asyncio.shield(self.store.unreserve(handout))  # the peer's lapses by itself
+            if reserved_own:
+                await asyncio.shield(self.store.unreserve(handout))  # the peer's lapses by itself
             raise
-        await asyncio.shield(self.store.confirm(handout))
+        if reserved_own:
+            await asyncio.shield(self.store.confirm(handout))
         self.events.handed_out([item["work_id"] for item in items])
         if peer_handout is not None:
             self._to_confirm.put_nowait((peer_handout, self.clock.mono() + self.confirm_s))

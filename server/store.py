@@ -62,10 +62,10 @@ CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (completed_at) WHERE state >= {
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs (state) WHERE state < {DONE};
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_PULLABLE = f"WHERE delivered = 0 AND handout IS NULL AND state >= {DONE}"  # matches the partial index
 # Created after the migration: they name columns that older state dirs lack.
 LATER_INDEXES = (
-    "CREATE INDEX IF NOT EXISTS jobs_pullable ON jobs (completed_at)"
-    f" WHERE delivered = 0 AND handout IS NULL AND state >= {DONE}",
+    f"CREATE INDEX IF NOT EXISTS jobs_pullable ON jobs (completed_at) {_PULLABLE}",
     f"CREATE INDEX IF NOT EXISTS jobs_open_seg ON jobs (seg) WHERE state < {DONE}",
 )
 ADDED_COLUMNS = {
@@ -77,6 +77,8 @@ _RECORD_COLUMNS = (
     "seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error, lease_id,"
     " seg, off"
 )
+_ANY_PULLABLE = f"SELECT 1 FROM jobs INDEXED BY jobs_pullable {_PULLABLE} LIMIT 1"
+_PULLABLE_RECORDS = f"SELECT {_RECORD_COLUMNS} FROM jobs INDEXED BY jobs_pullable {_PULLABLE}"
 
 
 def _setup(conn: sqlite3.Connection) -> None:
@@ -339,12 +341,14 @@ class Store:
     # -- pullCompleted hand-outs -----------------------------------------------------------
     async def reserve(self, top: int, handout: str) -> list[JobRecord]:
         """Up to `top` finished jobs nobody has been handed, newest first, reserved for the
-        hand-out (relaxed: a reservation lost in a crash only makes its results pullable again)."""
+        hand-out (relaxed: a reservation lost in a crash only makes its results pullable again).
+        Clients poll: when nothing is pullable, one indexed read answers, with no commit."""
+        if not self.db.read(lambda c: c.execute(_ANY_PULLABLE).fetchone()):
+            return []
 
         def op(conn: sqlite3.Connection) -> list[JobRecord]:
             rows = conn.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM jobs INDEXED BY jobs_pullable"
-                f" WHERE delivered = 0 AND handout IS NULL AND state >= {DONE} ORDER BY completed_at DESC LIMIT ?",
+                f"{_PULLABLE_RECORDS} ORDER BY completed_at DESC LIMIT ?",
                 (top,),
             ).fetchall()
             conn.executemany("UPDATE jobs SET handout = ? WHERE seq = ?", [(handout, r[0]) for r in rows])

@@ -197,3 +197,29 @@ async def test_confirm_for_peer_marks_delivered_once_and_unknown_ids_confirm_not
         assert await handouts.confirm_for_peer(reserved["handout"]) == 0
         assert await handouts.expire() == 0
         assert await store.reserve(10, "again") == []  # delivered for good
+
+
+@aio
+async def test_an_empty_pull_commits_nothing_and_confirms_nothing_with_the_peer(tmp_path):
+    """Clients poll pullCompleted: with nothing to hand out, neither this server nor the peer
+    writes (or syncs) anything, and no confirmation crosses to the peer."""
+    async with opened_store(tmp_path / "jobs.db") as store:
+        await finish(store, 1)
+        events: list[Any] = []
+        peer = FakePeer(events)  # the peer has nothing either
+        handouts = Handouts(store, "a", peer, confirm_s=30.0, clock=FakeClock())
+        respond, got = responder(events)
+        async with confirming(handouts):
+            await handouts.pull(5, respond)  # hands out the one result
+            await asyncio.sleep(0)
+            commits = store.db.commits
+            for _ in range(3):
+                await handouts.pull(5, respond)
+            for _ in range(5):
+                await asyncio.sleep(0)  # room for a confirmation to go out, were one queued
+        assert [len(items) for items in got] == [1, 0, 0, 0]
+        assert store.db.commits == commits
+        assert [e for e in events if e[0] == "confirm"] == []
+        assert (await handouts.reserve_for_peer(5))["items"] == []  # the peer's side of an empty pull
+        assert store.db.commits == commits
+        assert handouts.for_peer == {}  # nothing reserved, nothing to lapse

@@ -16,6 +16,8 @@ from client.loadgen.transports import make_transport
 from common.http import HttpClient, HttpError, Transport, Unavailable
 
 PULL_TOP = 1000
+PULL_IDLE_GRACE = 5  # empty pulls in a row at the plain interval before the pause starts doubling
+PULL_IDLE_MAX_S = 0.25  # the longest pause after empty pulls (a result waits at most this long)
 WAIT_CHUNK_S = 5.0  # latency mode: one long-poll lasts at most this long
 
 
@@ -36,6 +38,7 @@ async def pull_loop(client: HttpClient, tracker: ResultTracker, interval_s: floa
     generator and the benchmark both use it)."""
     target = f"/pullCompleted?top={PULL_TOP}"
     failures = 0
+    empty_pulls = 0  # in a row
     while not tracker.all_seen.is_set():
         try:
             items = (await client.call("POST", target, idempotent=False)).json()
@@ -48,8 +51,12 @@ async def pull_loop(client: HttpClient, tracker: ResultTracker, interval_s: floa
             continue
         failures = 0
         tracker.pulled(items, time.perf_counter())
+        # Past a short gap, empty pulls back off: each costs both servers a peer round trip, taken
+        # from the workers when they share the host. A pull that brought results resets the pause.
+        empty_pulls = 0 if items else empty_pulls + 1
+        backoff = 2 ** max(0, empty_pulls - PULL_IDLE_GRACE)
         if len(items) < PULL_TOP:
-            await asyncio.sleep(interval_s)
+            await asyncio.sleep(min(interval_s * backoff, max(PULL_IDLE_MAX_S, interval_s)))
 
 
 async def _enqueue_loop(

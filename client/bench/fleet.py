@@ -16,6 +16,7 @@ to the last result, and how fast they hashed per CPU second against the kernel.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from typing import Any
@@ -96,6 +97,10 @@ def row_fleet(opts: Options) -> RowResult:
     of_ideal = ratio(fleet_rate, kernel["ideal_it_per_s"])
     cores = probes.cores()
     cpu_share = ratio(peaks.cpu_s, cores * fleet_s) if fleet_s else None
+    # Equal long jobs run one a lane: the last round is part-empty, whatever the scheduling.
+    slots = kernel["threads"] * kernel["lanes"]
+    rounds = math.ceil(jobs / slots)
+    ceiling = ratio(jobs / slots, rounds)
     per_cpu = ratio(total / peaks.cpu_s if peaks.cpu_s else None, kernel["it_per_cpu_s"])
     row.ok = report.ok and fleet_rate is not None
     row.figures.update(
@@ -106,6 +111,8 @@ def row_fleet(opts: Options) -> RowResult:
         worker_cpu_s=round(peaks.cpu_s, 1),
         worker_cpu_share=cpu_share,
         fleet_per_cpu_s_to_kernel_ratio=per_cpu,
+        lane_rounds=rounds,
+        lane_ceiling=ceiling,
         seconds_first_worker_to_last_result=round(fleet_s, 3) if fleet_s else None,
         seconds_first_enqueue_to_first_worker=round(first_worker - start, 3) if first_worker else None,
         seconds_first_enqueue_to_last_result=round(report.elapsed_s, 3),
@@ -130,6 +137,8 @@ def row_fleet(opts: Options) -> RowResult:
         ),
         f"  = {of_ideal}x the idle-machine kernel; the workers used {peaks.cpu_s:.1f} CPU s"
         f" = {cpu_share}x of {cores} cores over that time, hashing at {per_cpu}x the kernel's rate per CPU second",
+        f"  lane ceiling: {jobs} equal jobs on {kernel['threads']} x {kernel['lanes']} lanes take {rounds} rounds"
+        f" where the kernel's steady rate needs {jobs / slots:.2f}: at most {ceiling}x the kernel for this backlog",
         f"  (first enqueue -> first worker start {row.figures['seconds_first_enqueue_to_first_worker']} s;"
         f" first enqueue -> last result {report.elapsed_s:.1f} s)",
         f"  most at once across both servers: {peaks.processes} worker processes,"
@@ -139,6 +148,7 @@ def row_fleet(opts: Options) -> RowResult:
     ]
     row.headlines["of_kernel"] = Headline(of_kernel, "x", ">= 0.9")
     row.headlines["of_kernel_idle_machine"] = Headline(of_ideal, "x", ">= 0.9")
+    row.headlines["lane_ceiling"] = Headline(ceiling, "x")
     row.headlines["worker_cpu_share"] = Headline(cpu_share, "x")
     row.headlines["max_hashing_threads"] = Headline(peaks.configured_threads, "threads", f"<= {probes.cores()}")
     row.headlines["max_worker_processes"] = Headline(peaks.processes, "procs")

@@ -246,6 +246,8 @@ def test_inventory_gives_each_server_its_peer_and_a_loadable_config(deployed, mo
         "server_max_workers=5",
         "-e",
         "server_worker_idle_s=60",
+        "-e",
+        '{"server_metrics": true, "server_metrics_auth": false, "server_log_format": "text"}',  # role defaults
         "-m",
         "ansible.builtin.template",
         "-a",

@@ -12,6 +12,7 @@ import re
 import socket
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -88,12 +89,15 @@ def test_site_starts_two_verified_peers_then_changes_nothing_then_tears_down(loc
     assert set(recap_changed(second.stdout).values()) == {0}, explain(second)
 
     # Other arguments restart the servers ("already running" alone would keep the old ones).
-    third = playbook("site.yml", "-e", "server_max_workers=3")
+    third = playbook("site.yml", "-e", '{"server_max_workers": 3, "server_metrics_auth": true}')
     assert third.returncode == 0, explain(third)
     assert recap_changed(third.stdout)["s8001"] > 0, explain(third)
     for port in ports:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as answer:
             assert json.loads(answer.read())["workers"]["max"] == 3
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+        assert refused.value.code == 401  # server_metrics_auth reached the server
 
     down = playbook("playbooks/teardown.yml")
     assert down.returncode == 0, explain(down)
@@ -123,6 +127,9 @@ def test_aws_server_config_template_is_what_the_server_loads(tmp_path):
         "server_launch_template": "dynwork-worker",
         "server_cluster": "dynwork",
         "server_aws_region": "eu-west-1",
+        "server_metrics": True,
+        "server_metrics_auth": True,
+        "server_log_format": "json",
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "DYNWORK_"))}
     result = subprocess.run(
@@ -157,6 +164,7 @@ def test_aws_server_config_template_is_what_the_server_loads(tmp_path):
     assert (settings.peer, settings.url) == ("http://10.0.0.6:8001", "http://10.0.0.5:8001")
     assert (settings.launcher, settings.launch_template, settings.cluster) == ("ec2", "dynwork-worker", "dynwork")
     assert str(settings.token_file) == "/etc/dynwork/cluster.token" and settings.aws_region == "eu-west-1"
+    assert (settings.metrics, settings.metrics_auth, settings.log_format) == (True, True, "json")
 
 
 def test_worker_image_unit_runs_bootstrap_and_powers_off_after():

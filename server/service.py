@@ -231,10 +231,11 @@ class Service:
             nonce = record.nonce
         return nonce
 
-    def _check(self, worker: str, entries: Sequence[Entry]) -> list[Lease | None]:
-        """For each entry the current lease it names (None: an earlier one of this worker's).
-        Raises Conflict listing every entry that names no lease of this worker for that job."""
-        found: list[Lease | None] = []
+    def _check(self, worker: str, entries: Sequence[Entry]) -> list[tuple[int, Lease | None]]:
+        """For each entry its job's seq and the current lease it names (None: an earlier one of
+        this worker's). Raises Conflict listing every entry that names no lease of this worker
+        for that job."""
+        found: list[tuple[int, Lease | None]] = []
         rejected = []
         for entry in entries:
             parsed = self._own(entry.work_id)
@@ -253,7 +254,7 @@ class Service:
                 continue
             assert parsed is not None
             lease = self.scheduler.current(parsed.seq)
-            found.append(lease if lease is not None and lease.lease_id == entry.lease_id else None)
+            found.append((parsed.seq, lease if lease is not None and lease.lease_id == entry.lease_id else None))
         if rejected:
             raise Conflict(
                 f"{len(rejected)} of {len(entries)} entries name no lease of worker {worker}; nothing was done",
@@ -265,9 +266,10 @@ class Service:
         self, worker: str, results: Sequence[Entry], failures: Sequence[Entry], stats: object
     ) -> dict[str, int]:
         """Record results (first wins; late ones of an earlier lease too) and failed attempts."""
-        current = self._check(worker, [*results, *failures])[len(results) :]
+        checked = self._check(worker, [*results, *failures])
         self.registry.touch(worker, stats)
-        done = [(self.scheduler.grant(e.lease_id).seq, e.value, e.lease_id) for e in results]  # type: ignore[union-attr]  # _check found every grant
+        done = [(seq, e.value, e.lease_id) for (seq, _), e in zip(checked[: len(results)], results, strict=True)]
+        current = [lease for _, lease in checked[len(results) :]]
         accepted = await self.scheduler.complete(worker, done) if done else 0
         self.registry.credit(worker, accepted)
         failed = [(lease, str(e.value)[:MAX_ERROR_CHARS]) for lease, e in zip(current, failures, strict=True) if lease]
@@ -277,7 +279,7 @@ class Service:
 
     def heartbeat(self, worker: str, leases: Sequence[Entry], stats: object) -> dict[str, Any]:
         """Extend the worker's current leases; answers the leases (work id, lease id) it no longer holds."""
-        current = self._check(worker, leases)
+        current = [lease for _, lease in self._check(worker, leases)]
         self.registry.touch(worker, stats)
         self.scheduler.extend([lease for lease in current if lease is not None])
         lost = [
@@ -289,7 +291,7 @@ class Service:
 
     async def release(self, worker: str, leases: Sequence[Entry], stats: object) -> dict[str, int]:
         """Take back jobs a draining worker has not started (no attempt counted)."""
-        current = self._check(worker, leases)
+        current = [lease for _, lease in self._check(worker, leases)]
         self.registry.touch(worker, stats)
         released = await self.scheduler.release([lease for lease in current if lease is not None])
         return {"released": released}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import signal
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ from typing import Self
 
 from aiohttp import web
 
+from client.bench import probes
 from client.localcluster import ROOT, free_port, get_json, wait_for
 
 PLACEHOLDER_RESULT = "0" * 128
@@ -107,14 +109,7 @@ class BaselinePair:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        probes.stop_all(self.procs, signal.SIGTERM, 10)
 
 
 def main(argv: list[str] | None = None) -> int:

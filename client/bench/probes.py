@@ -1,11 +1,14 @@
 """What the benchmark reads off the machine: the disk's fsync'd write speed, process memory and
-start times from /proc, and a sampler of the worker processes a local fleet runs."""
+start times from /proc, a sampler of the worker processes a local fleet runs, and stopping the
+helper processes it starts."""
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import os
+import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -183,3 +186,15 @@ class FleetSampler:
         peaks.processes = max(peaks.processes, processes)
         peaks.configured_threads = max(peaks.configured_threads, configured)
         peaks.running_threads = max(peaks.running_threads, running)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], sig: signal.Signals, timeout_s: float) -> None:
+    """Signal every process, then wait for each up to timeout_s and kill what still runs."""
+    for proc in procs:
+        proc.send_signal(sig)
+    for proc in procs:
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

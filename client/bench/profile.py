@@ -23,6 +23,8 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from client.bench import probes
+
 FRAME = re.compile(r"^(?P<name>.*) \((?P<where>[^()]*)\)$")
 ADDRESS = re.compile(r"^0x[0-9a-f]+$")
 
@@ -58,14 +60,7 @@ class Profiler:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for proc in self._procs:
-            proc.send_signal(signal.SIGINT)  # py-spy writes its output on ^C
-        for proc in self._procs:
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        probes.stop_all(self._procs, signal.SIGINT, 60)  # py-spy writes its output on ^C
 
 
 IDLE = ("epoll_wait", "PyThread_acquire_lock_timed", "_queue_SimpleQueue_get", "EpollSelector.select")

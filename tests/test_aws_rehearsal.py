@@ -275,7 +275,7 @@ def jobs_launch_workers_from_the_baked_image(rh: Rehearsal) -> None:
         assert "PublicIpAddress" not in described, described  # no public IPv4 for workers
         assert described["ImageId"] == image["ImageId"]
         machine = rh.cloud.machines[described["InstanceId"]]
-        assert "/latest/user-data" in machine.imds.requests  # the bootstrap read its settings over IMDSv2
+        assert ("GET", "/latest/user-data") in machine.imds.requests  # the bootstrap read its settings over IMDSv2
         user_data = tomllib.loads(rh.cloud._user_data(machine.instance_id).decode())
         own = servers[machine.tags["dynwork:server"]]
         assert user_data["servers"][0] == f"http://{own.address}:8001"

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import http.server
-import secrets
 import stat
-import threading
 
 import pytest
 
 from server.launchers.base import WorkerSpec
 from server.launchers.ec2 import user_data
+from tests.rehearsal.imds import Imds
 from worker import bootstrap
 from worker.config import load_settings as load_worker_settings
 
@@ -24,63 +22,14 @@ SPEC = WorkerSpec(
 )
 
 
-class FakeImds(http.server.ThreadingHTTPServer):
-    """IMDSv2 as EC2 serves it: GET needs a token obtained by PUT. `unready` requests fail first."""
-
-    def __init__(self, user_data: bytes | None, unready: int = 0) -> None:
-        super().__init__(("127.0.0.1", 0), ImdsHandler)
-        self.user_data = user_data
-        self.unready = unready
-        self.tokens: set[str] = set()
-        self.requests: list[tuple[str, str]] = []
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class ImdsHandler(http.server.BaseHTTPRequestHandler):
-    server: FakeImds
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _reply(self, code: int, body: bytes = b"") -> None:
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_PUT(self) -> None:
-        self.server.requests.append(("PUT", self.path))
-        if self.server.unready > 0:
-            self.server.unready -= 1
-            return self._reply(503)
-        if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-            return self._reply(400)
-        token = secrets.token_hex(8)
-        self.server.tokens.add(token)
-        self._reply(200, token.encode())
-
-    def do_GET(self) -> None:
-        self.server.requests.append(("GET", self.path))
-        if self.headers.get("X-aws-ec2-metadata-token") not in self.server.tokens:
-            return self._reply(401)  # IMDSv1 is disabled
-        if self.path != "/latest/user-data" or self.server.user_data is None:
-            return self._reply(404)
-        self._reply(200, self.server.user_data)
-
-
 @contextlib.contextmanager
 def imds(user_data: bytes | None, unready: int = 0):
-    server = FakeImds(user_data, unready)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    """IMDSv2 as EC2 serves it (tests/rehearsal/imds.py), with only this user-data."""
+    server = Imds("i-bootstrap", lambda: user_data, role=None, unready=unready)
     try:
         yield server
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def test_reads_user_data_writes_token_0600_and_runs_the_worker(tmp_path, monkeypatch):

@@ -399,10 +399,9 @@ def test_launched_instances_boot_through_bootstrap_work_and_scale_down(tmp_path,
     the instance terminates (instance-initiated shutdown)."""
     import subprocess
     import sys
-    import threading
 
     from tests.cluster import ROOT, Server, free_port, make_token_file, reference, wait_for
-    from tests.test_bootstrap import FakeImds
+    from tests.rehearsal.imds import Imds
 
     port = free_port()
     name = f"s{port}"
@@ -422,7 +421,7 @@ def test_launched_instances_boot_through_bootstrap_work_and_scale_down(tmp_path,
         reconcile_interval_s=0.3,
         scale_interval_s=0.2,
     )
-    booted: dict[str, tuple[subprocess.Popen, FakeImds]] = {}
+    booted: dict[str, tuple[subprocess.Popen, Imds]] = {}
     exit_codes: dict[str, int] = {}
 
     def hypervisor() -> None:
@@ -431,8 +430,8 @@ def test_launched_instances_boot_through_bootstrap_work_and_scale_down(tmp_path,
             if iid in booted:
                 continue
             raw = ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
-            imds = FakeImds(base64.b64decode(raw))
-            threading.Thread(target=imds.serve_forever, daemon=True).start()
+            data = base64.b64decode(raw)
+            imds = Imds(iid, lambda data=data: data, role=None)  # this instance's, not the loop's last
             with open(tmp_path / f"{iid}.log", "ab") as log:
                 proc = subprocess.Popen(
                     [
@@ -495,7 +494,7 @@ def test_launched_instances_boot_through_bootstrap_work_and_scale_down(tmp_path,
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            imds.server_close()
+            imds.close()
 
 
 def test_no_launch_before_the_fleet_is_known(tmp_path, ec2):

@@ -20,15 +20,21 @@ CREDENTIALS_PATH = "/latest/meta-data/iam/security-credentials/"
 
 
 class Imds(http.server.ThreadingHTTPServer):
+    """Serves from its own thread until close(). `unready` requests fail with 503 first (an
+    endpoint still coming up); `requests` records (method, path) of every request."""
+
     daemon_threads = True
 
-    def __init__(self, instance_id: str, user_data: Callable[[], bytes | None], role: str | None) -> None:
+    def __init__(
+        self, instance_id: str, user_data: Callable[[], bytes | None], role: str | None, *, unready: int = 0
+    ) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.instance_id = instance_id
         self.user_data = user_data
         self.role = role
+        self.unready = unready
         self.tokens: set[str] = set()
-        self.requests: list[str] = []
+        self.requests: list[tuple[str, str]] = []
         self._thread = threading.Thread(target=self.serve_forever, name=f"imds-{instance_id}", daemon=True)
         self._thread.start()
 
@@ -42,7 +48,6 @@ class Imds(http.server.ThreadingHTTPServer):
         self._thread.join(timeout=10)
 
     def answer(self, path: str) -> tuple[int, bytes]:
-        self.requests.append(path)
         if path == "/latest/user-data":
             data = self.user_data()
             return (200, data) if data else (404, b"")
@@ -81,6 +86,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_PUT(self) -> None:
+        self.server.requests.append(("PUT", self.path))
+        if self.server.unready > 0:
+            self.server.unready -= 1
+            return self._reply(503)
         if self.path != "/latest/api/token" or not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
             return self._reply(400)
         token = secrets.token_hex(16)
@@ -88,6 +97,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._reply(200, token.encode())
 
     def do_GET(self) -> None:
+        self.server.requests.append(("GET", self.path))
         if self.headers.get("X-aws-ec2-metadata-token") not in self.server.tokens:
-            return self._reply(401)
+            return self._reply(401)  # IMDSv1 is off
         self._reply(*self.server.answer(self.path))

@@ -326,8 +326,10 @@ class Worker:
                 await backoff.sleep()
 
     async def _flush(self, client: Server, *, attempts: int) -> bool:
-        """Report everything done for this server; True when nothing is left to report."""
-        for attempt in range(attempts):
+        """Report everything done for this server, including what finishes while a report is on
+        its way; False when `attempts` reports failed and results still wait to be sent again."""
+        failed = 0
+        while True:
             results, failures = self.done[client.url], self.failed[client.url]
             if not results and not failures:
                 return True
@@ -338,7 +340,6 @@ class Worker:
                 report.add_done_callback(_consume)  # its outcome is handled here, or moot after a cancel
                 await asyncio.shield(report)
                 self.completed += len(results)
-                continue
             except asyncio.CancelledError:
                 self.done[client.url][:0] = results
                 self.failed[client.url][:0] = failures
@@ -348,14 +349,14 @@ class Worker:
             except Refused as exc:
                 # The server refused the batch itself; resending it cannot help.
                 log.error("%s refused %d result(s): %s", client.url, len(results) + len(failures), exc)
-                continue
             except Unavailable as exc:
                 log.warning("reporting to %s failed (will retry): %s", client.url, exc)
                 self.done[client.url][:0] = results
                 self.failed[client.url][:0] = failures
-                if attempt + 1 < attempts:
-                    await asyncio.sleep(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2**attempt))
-        return not self.done[client.url] and not self.failed[client.url]
+                failed += 1
+                if failed >= attempts:
+                    return False
+                await asyncio.sleep(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2 ** (failed - 1)))
 
     async def _heartbeat_loop(self) -> None:
         """Extend held leases and tell the own server this worker is alive (even when idle)."""

@@ -22,7 +22,7 @@ from native.reference import chain
 from tests.unit.support import aio, until
 from worker.client import Held, LeasedJob, Report
 from worker.config import WorkerSettings
-from worker.runner import INLINE_HASH_MAX, Worker
+from worker.runner import INLINE_HASH_MAX, Backoff, Worker
 
 OWN, PEER = "http://own.invalid", "http://peer.invalid"
 SLOW = INLINE_HASH_MAX + 1  # iterations that make a batch go to the thread pool
@@ -372,3 +372,29 @@ async def test_a_report_in_flight_when_the_worker_stops_is_not_lost():
     worker.stop("SIGTERM")
     assert await asyncio.wait_for(task, 8.0) == 0
     assert own.completed == {work_id: own.expected[work_id]}
+
+
+@aio
+async def test_results_that_finish_while_a_report_is_on_its_way_are_sent_next_without_a_back_off(monkeypatch):
+    backoffs: list[float] = []
+
+    async def never_wake(self: Backoff) -> None:  # a back-off here would hold the results for good
+        backoffs.append(self.delay)
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(Backoff, "sleep", never_wake)
+    own = FakeServer(OWN)
+    own.add(1)
+    own.block_complete = asyncio.Event()  # the first report is slow to answer ...
+    worker = make_worker(Hasher())
+    task = asyncio.ensure_future(worker.run([own]))
+    await asyncio.wait_for(own.complete_started.wait(), 8.0)
+    own.add(3)  # ... while three more jobs are leased and hashed
+    await until(lambda: len(worker.done[OWN]) == 3, 8.0, "three results waiting behind the report")
+    own.block_complete.set()
+    await until(lambda: len(own.completed) == 4, 8.0, "every result")
+    worker.stop("test over")
+    assert await asyncio.wait_for(task, 8.0) == 0
+    assert own.completed == own.expected
+    assert own.complete_calls == [1, 3]
+    assert backoffs == []

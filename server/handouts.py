@@ -21,11 +21,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from common.http import HttpError
+from common.ids import new_token
 from server.clock import SYSTEM_CLOCK, Clock
 from server.events import Events
 from server.peer import PeerClient
@@ -39,7 +39,7 @@ CONFIRM_ATTEMPTS_S = (0.2, 0.5, 1.0, 2.0, 4.0)  # back-off between tries to conf
 
 
 def new_handout_id() -> str:
-    return secrets.token_urlsafe(12)
+    return new_token(12)
 
 
 class Handouts:

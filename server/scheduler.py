@@ -16,9 +16,8 @@ import collections
 import dataclasses
 import heapq
 import logging
-import secrets
 
-from common.ids import new_nonce
+from common.ids import new_nonce, new_token
 from server.clock import SYSTEM_CLOCK, Clock
 from server.events import Events
 from server.jobs import Job, Outcome, State
@@ -42,7 +41,7 @@ class Lease:
 
 
 def new_lease_id() -> str:
-    return secrets.token_urlsafe(16)
+    return new_token(16)
 
 
 class Scheduler:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.ids import MAX_SEQ, NONCE_ALPHABET, NONCE_LENGTH, WorkId, new_nonce
+from common.ids import MAX_SEQ, NONCE_ALPHABET, NONCE_LENGTH, RandomPool, WorkId, new_nonce, new_token
 
 
 def test_parse_a_valid_id():
@@ -71,3 +72,32 @@ def test_new_nonce_uses_the_alphabet_and_length():
     assert len(set(NONCE_ALPHABET)) == 32  # 5 bits a symbol
     assert not re.search(r"[l1o0]", NONCE_ALPHABET)  # no look-alikes
     assert set("".join(nonces)) == set(NONCE_ALPHABET)  # every symbol is reachable
+
+
+def test_the_random_pool_never_hands_out_the_same_bytes_twice_across_refills():
+    pool = RandomPool(refill=64)
+    draws = [pool.take(16) for _ in range(40)]  # ten refills, one straddling each boundary
+    assert all(len(d) == 16 for d in draws)
+    assert len(set(draws)) == len(draws)
+    assert len(pool.take(100)) == 100  # more than a refill
+
+
+def test_a_forked_child_draws_other_bytes_than_its_parent():
+    pool = RandomPool()
+    pool.take(1)  # the buffer is full now: a child would inherit it
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next bytes, then out without pytest's teardown
+        os.write(write, pool.take(32))
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64)
+    os.waitpid(pid, 0)
+    assert len(child) == 32
+    assert child != pool.take(32)
+
+
+def test_tokens_look_like_secrets_token_urlsafe():
+    tokens = {new_token(16) for _ in range(100)}
+    assert len(tokens) == 100
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{22}", t) for t in tokens)

@@ -54,11 +54,18 @@ def digests(results: list[Entry]) -> list[Entry]:
     return parsed
 
 
+class LeaseResponse(web.StreamResponse):
+    """A streamed lease answer whose headers go out with the first chunk, in one write (aiohttp's
+    own opt-in, which web.Response uses): the jobs are streamed so that a failed write puts them back."""
+
+    _send_headers_immediately = False
+
+
 async def lease(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     max_jobs = int_param(request, "max", 1, 1_000_000)
     wait_s = float_param(request, "wait", 0.0, service.settings.long_poll_max_s, 0.0)
-    response = web.StreamResponse(headers={"Content-Type": LEASE_CONTENT_TYPE})
+    response = LeaseResponse(headers={"Content-Type": LEASE_CONTENT_TYPE})
 
     async def deliver(grant: LeaseGrant) -> None:
         header = {

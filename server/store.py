@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from server.bodies import Bodies
+from server.body_cache import FreshBodies
 from server.db import Database, StoreError, as_store_error
 from server.jobs import JobRecord, Outcome, State
 
@@ -137,6 +138,7 @@ class Store:
             path, synchronous=synchronous, setup=_setup, before_durable_commit=self.bodies.sync, on_commit=on_commit
         )
         self.finished: collections.Counter[State] = collections.Counter()  # kept current: /status never scans
+        self.fresh = FreshBodies()
 
     async def start(self) -> None:
         self.bodies.open()
@@ -192,7 +194,10 @@ class Store:
             assert cur.lastrowid is not None
             return cur.lastrowid, where
 
-        return await self.db.run(op, nbytes=len(body))
+        seq, where = await self.db.run(op, nbytes=len(body))
+        if where is None:
+            self.fresh.keep(seq, body)
+        return seq, where
 
     def read_bodies(self, jobs: Sequence[tuple[int, int, tuple[int, int] | None]]) -> dict[int, bytes]:
         """The bodies of unfinished jobs given as (seq, size, where), by seq. A body in a segment is
@@ -204,7 +209,14 @@ class Store:
             found = {seq: self.bodies.read(*where, size) for seq, size, where in jobs if where is not None}
         except OSError as exc:
             raise as_store_error(exc) from None
-        in_rows = [seq for seq, _, where in jobs if where is None]
+        in_rows = []
+        for seq, _, where in jobs:
+            if where is None:
+                body = self.fresh.take(seq)
+                if body is None:
+                    in_rows.append(seq)
+                else:
+                    found[seq] = body
         if in_rows:
             marks = ",".join("?" * len(in_rows))
             rows = self.db.read(
@@ -246,6 +258,7 @@ class Store:
 
         Returns the seqs that were finished by this call (the others were finished already)."""
         outcomes = list(outcomes)
+        self.fresh.forget(o.seq for o in outcomes)
 
         def op(conn: sqlite3.Connection) -> list[tuple[int, State]]:
             done = []

@@ -5,7 +5,6 @@ dashboard panel; the operator reads the detailed status. Job bodies travel raw (
 from __future__ import annotations
 
 import contextlib
-import re
 from typing import Any
 
 from aiohttp import web
@@ -16,9 +15,9 @@ from server.auth import identity
 from server.errors import BadRequest, NotFound
 from server.service import Entry, LeaseGrant
 from server.timeline import CURSOR_RE
+from server.views import DIGEST_HEX
 from server.web import float_param, int_param, json_response, read_json, text_param
 
-DIGEST_HEX = re.compile(r"[0-9a-f]{128}")
 MAX_ENTRIES = 100_000
 MAX_LEASE_ID = 64
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from common.ids import WorkId
 from server.jobs import JobRecord, State
 
+DIGEST_HEX = re.compile(r"[0-9a-f]{128}")  # a SHA-512 digest as the API shows it
 STATUS_LABELS = frozenset(state.label for state in State)
 WORK_STATUS_KEYS = ("work_id", "status", "iterations", "enqueued_at", "completed_at", "result", "error", "attempts")
 
@@ -48,7 +50,7 @@ def _is_count(value: object) -> bool:
 
 
 def _is_digest(value: object) -> bool:
-    return isinstance(value, str) and len(value) == 128 and all(c in "0123456789abcdef" for c in value)
+    return isinstance(value, str) and DIGEST_HEX.fullmatch(value) is not None
 
 
 def check_finished_item(value: object, owner: str | None) -> dict[str, Any]:

@@ -54,9 +54,12 @@ typedef struct {
     void (*chain)(uint64_t *st, uint64_t steps);
 } dw_lane_kernel;
 
-/* The multi-buffer driver (sha512_lanes.c): keeps every lane busy while jobs remain. */
-void dw_lanes_run(const dw_lane_kernel *k, size_t n, const uint8_t *const *data,
-                  const size_t *lens, const uint64_t *iterations, uint8_t *out);
+/* The multi-buffer driver (sha512_lanes.c): keeps every lane busy while jobs remain. Once none
+ * remain and the busy chains fit in `narrower` (a kernel with fewer lanes, or NULL), they finish
+ * there, where each step costs less. */
+void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_t n,
+                  const uint8_t *const *data, const size_t *lens, const uint64_t *iterations,
+                  uint8_t *out);
 
 /* DW_NO_SIMD builds the portable code only, as on non-x86 machines. */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(DW_NO_SIMD)

@@ -114,11 +114,84 @@ static void mixed_step(run_t *r)
     }
 }
 
-void dw_lanes_run(const dw_lane_kernel *k, size_t n, const uint8_t *const *data,
-                  const size_t *lens, const uint64_t *iterations, uint8_t *out)
+static void drive(run_t *r, const dw_lane_kernel *narrower);
+
+/* Moves the busy lanes (all chaining, no jobs left) to the narrower kernel and finishes them
+ * there: a 16-lane kernel with four chains left computes twelve empty lanes at every step. */
+static void finish_narrower(run_t *r, const dw_lane_kernel *k2)
+{
+    run_t n2;
+    int L = r->k->lanes, L2 = k2->lanes, j = 0;
+    memset(&n2, 0, sizeof n2);
+    n2.k = k2;
+    n2.out = r->out; /* n2.n == 0: a retired lane is not refilled */
+    for (int l = 0; l < L; l++) {
+        if (r->lane[l].phase != CHAIN)
+            continue;
+        n2.lane[j] = r->lane[l];
+        for (int i = 0; i < 8; i++)
+            n2.st[i * L2 + j] = r->st[i * L + l];
+        r->lane[l].phase = IDLE;
+        j++;
+    }
+    n2.busy = (size_t)j;
+    r->busy = 0;
+    drive(&n2, NULL);
+}
+
+static void drive(run_t *r, const dw_lane_kernel *narrower)
+{
+    const dw_lane_kernel *k = r->k;
+    int L = k->lanes;
+    while (r->busy) {
+        int any_body = 0;
+        uint64_t least = UINT64_MAX;
+        for (int l = 0; l < L; l++) {
+            if (r->lane[l].phase == BODY)
+                any_body = 1;
+            else if (r->lane[l].phase == CHAIN && r->lane[l].steps_left < least)
+                least = r->lane[l].steps_left;
+        }
+        if (any_body) {
+            mixed_step(r);
+            continue;
+        }
+        if (r->next_job >= r->n && narrower != NULL && r->busy <= (size_t)narrower->lanes &&
+            r->busy > (size_t)narrower->scalar_below) {
+            finish_narrower(r, narrower);
+            continue;
+        }
+        if (r->next_job >= r->n && r->busy <= (size_t)k->scalar_below) {
+            /* Too few chains left to pay for the vector width: finish them one at a time. */
+            for (int l = 0; l < L; l++) {
+                if (r->lane[l].phase != CHAIN)
+                    continue;
+                uint64_t h[8];
+                for (int i = 0; i < 8; i++)
+                    h[i] = r->st[i * L + l];
+                dw_scalar_steps(h, r->lane[l].steps_left);
+                dw_store_digest(h, r->out + 64 * r->lane[l].job);
+                r->lane[l].phase = IDLE;
+                r->busy--;
+            }
+            continue;
+        }
+        k->chain(r->st, least);
+        for (int l = 0; l < L; l++) {
+            if (r->lane[l].phase != CHAIN)
+                continue;
+            r->lane[l].steps_left -= least;
+            if (r->lane[l].steps_left == 0)
+                retire(r, l);
+        }
+    }
+}
+
+void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_t n,
+                  const uint8_t *const *data, const size_t *lens, const uint64_t *iterations,
+                  uint8_t *out)
 {
     run_t r;
-    int L = k->lanes;
     memset(&r, 0, sizeof r);
     r.k = k;
     r.n = n;
@@ -126,43 +199,7 @@ void dw_lanes_run(const dw_lane_kernel *k, size_t n, const uint8_t *const *data,
     r.lens = lens;
     r.iterations = iterations;
     r.out = out;
-    for (int l = 0; l < L; l++)
+    for (int l = 0; l < k->lanes; l++)
         assign(&r, l);
-    while (r.busy) {
-        int any_body = 0;
-        uint64_t least = UINT64_MAX;
-        for (int l = 0; l < L; l++) {
-            if (r.lane[l].phase == BODY)
-                any_body = 1;
-            else if (r.lane[l].phase == CHAIN && r.lane[l].steps_left < least)
-                least = r.lane[l].steps_left;
-        }
-        if (any_body) {
-            mixed_step(&r);
-            continue;
-        }
-        if (r.next_job >= n && r.busy <= (size_t)k->scalar_below) {
-            /* Too few chains left to pay for the vector width: finish them one at a time. */
-            for (int l = 0; l < L; l++) {
-                if (r.lane[l].phase != CHAIN)
-                    continue;
-                uint64_t h[8];
-                for (int i = 0; i < 8; i++)
-                    h[i] = r.st[i * L + l];
-                dw_scalar_steps(h, r.lane[l].steps_left);
-                dw_store_digest(h, out + 64 * r.lane[l].job);
-                r.lane[l].phase = IDLE;
-                r.busy--;
-            }
-            continue;
-        }
-        k->chain(r.st, least);
-        for (int l = 0; l < L; l++) {
-            if (r.lane[l].phase != CHAIN)
-                continue;
-            r.lane[l].steps_left -= least;
-            if (r.lane[l].steps_left == 0)
-                retire(&r, l);
-        }
-    }
+    drive(&r, narrower != NULL && narrower->lanes < k->lanes ? narrower : NULL);
 }

@@ -41,12 +41,14 @@ def pack_lease(header: dict[str, Any], bodies: list[bytes]) -> list[bytes]:
     return chunks
 
 
-def unpack_lease(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
-    """The header and each job's body (sizes from the header's jobs[i]["size"])."""
+def unpack_lease(data: bytes) -> tuple[dict[str, Any], list[memoryview]]:
+    """The header and each job's body (sizes from the header's jobs[i]["size"]): views into
+    `data`, since a copy of every body cost the worker as much CPU as hashing it."""
     try:
         (head_len,) = _LENGTH.unpack_from(data, 0)
         header = json.loads(data[_LENGTH.size : _LENGTH.size + head_len])
         offset = _LENGTH.size + head_len
+        view = memoryview(data)
         bodies = []
         jobs = header["jobs"]
         if not isinstance(jobs, list):
@@ -58,7 +60,7 @@ def unpack_lease(data: bytes) -> tuple[dict[str, Any], list[bytes]]:
             end = offset + size
             if end > len(data):
                 raise ProtocolError("lease body shorter than its header says")
-            bodies.append(data[offset:end])
+            bodies.append(view[offset:end])
             offset = end
     except (struct.error, ValueError, KeyError, TypeError) as exc:
         raise ProtocolError(f"malformed lease response: {exc}") from None

@@ -87,7 +87,7 @@ def chain(data: bytes, iterations: int) -> bytes:
     return bytes(ffi.buffer(out))
 
 
-def chain_many(jobs: Sequence[tuple[bytes, int]]) -> list[bytes]:
+def chain_many(jobs: Sequence[tuple[bytes | bytearray | memoryview, int]]) -> list[bytes]:
     """`chain` for every `(data, iterations)` job, computed together on the calling thread."""
     n = len(jobs)
     if n == 0:

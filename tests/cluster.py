@@ -133,7 +133,7 @@ class Server(localcluster.ServerProcess):
         )
         assert resp.status == 200, f"lease: {resp.status} {resp.body[:200]!r}"
         header, bodies = unpack_lease(resp.body)
-        return {job["work_id"]: {**job, "body": body} for job, body in zip(header["jobs"], bodies, strict=True)}
+        return {job["work_id"]: {**job, "body": bytes(body)} for job, body in zip(header["jobs"], bodies, strict=True)}
 
     def internal(self, path: str, payload: dict, secret: str, worker_id: str = "test-worker") -> Response:
         """A worker's call, with that worker's credential (derived from the cluster secret)."""

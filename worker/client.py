@@ -34,7 +34,7 @@ class LeasedJob:
     work_id: str
     lease_id: str
     iterations: int
-    body: bytes
+    body: bytes | memoryview  # a view into the lease answer (no copy)
     server: str  # URL of the server that owns it
 
     @property

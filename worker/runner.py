@@ -34,7 +34,7 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 FLUSH_ATTEMPTS_ON_EXIT = 5
 INLINE_HASH_MAX = 512  # compressions (~0.1 ms) a batch may need to be hashed on the event loop
 
-Hasher = Callable[[Sequence[tuple[bytes, int]]], list[bytes]]
+Hasher = Callable[[Sequence[tuple[bytes | memoryview, int]]], list[bytes]]
 
 
 class Server(Protocol):

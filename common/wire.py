@@ -13,7 +13,8 @@ from typing import Any
 LEASE_CONTENT_TYPE = "application/x-dynwork-lease"
 WORKER_ID_HEADER = "X-Worker-Id"
 _LENGTH = struct.Struct(">I")
-JOIN_BELOW = 256 * 1024  # bodies smaller than this travel joined with their neighbours
+JOIN_BELOW = 16 * 1024  # bodies smaller than this travel joined with their neighbours ...
+JOINED_MAX = 64 * 1024  # ... in chunks of at most this
 
 
 class ProtocolError(ValueError):
@@ -21,17 +22,19 @@ class ProtocolError(ValueError):
 
 
 def pack_lease(header: dict[str, Any], bodies: list[bytes]) -> list[bytes]:
-    """Chunks to write, in order. Small pieces are joined up to JOIN_BELOW bytes, since each
-    chunk costs the server one write call; a body of that size or more goes alone, uncopied."""
+    """Chunks to write, in order. Each chunk costs the server a write call, so bodies under
+    JOIN_BELOW are joined with their neighbours (and the header) into chunks of up to JOINED_MAX;
+    a bigger body goes alone, uncopied, where a copy would cost more than the call it saves."""
     head = json.dumps(header, separators=(",", ":")).encode()
     chunks: list[bytes] = []
     pending: list[bytes] = [_LENGTH.pack(len(head)), head]
     size = len(pending[0]) + len(head)
     for body in bodies:
-        if len(body) >= JOIN_BELOW or size + len(body) > JOIN_BELOW:
+        alone = len(body) >= JOIN_BELOW
+        if pending and (alone or size + len(body) > JOINED_MAX):
             chunks.append(b"".join(pending))
             pending, size = [], 0
-        if len(body) >= JOIN_BELOW:
+        if alone:
             chunks.append(body)
         else:
             pending.append(body)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.wire import JOIN_BELOW, ProtocolError, pack_lease, unpack_lease
+from common.wire import JOIN_BELOW, JOINED_MAX, ProtocolError, pack_lease, unpack_lease
 
 
 def frame(header: object, bodies: bytes = b"", *, head: bytes | None = None) -> bytes:
@@ -36,18 +36,17 @@ def test_pack_unpack_round_trip(bodies, extra, lease_s):
     assert unpack_lease(b"".join(chunks)) == (header, bodies)
 
 
-def test_small_pieces_are_joined_up_to_the_limit_and_large_bodies_go_alone_uncopied():
-    sizes = [10, JOIN_BELOW, 5, JOIN_BELOW - 100, 200, JOIN_BELOW + 1, 7]
+def test_small_pieces_are_joined_up_to_the_limit_and_bigger_bodies_go_alone_uncopied():
+    sizes = [10, JOIN_BELOW, 5, JOIN_BELOW - 1, 200, 7] + [JOIN_BELOW - 1] * 5 + [3]
     bodies = [bytes([i]) * n for i, n in enumerate(sizes)]
     header = {"jobs": [{"work_id": f"s1.{i + 1}.abcdef", "iterations": 1, "size": n} for i, n in enumerate(sizes)]}
     chunks = pack_lease(header, bodies)
     assert unpack_lease(b"".join(chunks)) == (header, bodies)
-    alone = [c for c in chunks if len(c) >= JOIN_BELOW]
-    assert [len(c) for c in alone] == [JOIN_BELOW, JOIN_BELOW + 1]
-    assert alone[0] is bodies[1] and alone[1] is bodies[5]  # no copy of a large body
-    assert all(len(c) <= JOIN_BELOW for c in chunks if not any(c is b for b in bodies))
-    # header and 10 | the large one | 5 and JOIN_BELOW-100 | 200 (it does not fit there) | large | 7
-    assert [len(c) for c in chunks[2:]] == [5 + JOIN_BELOW - 100, 200, JOIN_BELOW + 1, 7]
+    assert chunks[1] is bodies[1]  # a body of JOIN_BELOW goes alone, not copied
+    joined = [c for c in chunks if c is not bodies[1]]
+    assert all(len(c) <= JOINED_MAX for c in joined)
+    # header and 10 | the big one | 5, JOIN_BELOW-1, 200, 7 and two more | the other three and 3
+    assert [len(c) for c in chunks[2:]] == [3 * (JOIN_BELOW - 1) + 212, 3 * (JOIN_BELOW - 1) + 3]
 
 
 def test_zero_jobs_and_empty_bodies():

@@ -29,16 +29,23 @@ from client.bench.cluster import Headline, Options, RowResult, dynwork_cluster, 
 CALL_S = 0.5  # the length of one kernel call when measuring the kernel
 
 
-def kernel_rate(body_bytes: int, seconds: float) -> dict[str, Any]:
-    """Iterations per wall second of one `chain_many` thread per core, batches of one job per lane."""
+def _call_s(batch: list[tuple[bytes, int]]) -> float:
+    started = time.perf_counter()
+    native.chain_many(batch)
+    return time.perf_counter() - started
+
+
+def kernel_rate(body_bytes: int, seconds: float, tail: int = 0) -> dict[str, Any]:
+    """Iterations per wall second of one `chain_many` thread per core, batches of one job per lane;
+    with `tail`, also how long a batch of that many jobs takes against a full one (a backlog's
+    last round: the kernel finishes a few last chains on narrower lanes)."""
     threads, lanes = probes.cores(), native.lanes()
     bodies = [bytes([i]) * body_bytes for i in range(lanes)]
     probe_iterations = 20_000
-    started = time.perf_counter()
-    native.chain_many([(b, probe_iterations) for b in bodies])
-    one_thread = lanes * probe_iterations / (time.perf_counter() - started)
+    one_thread = lanes * probe_iterations / _call_s([(b, probe_iterations) for b in bodies])
     per_job = max(1000, int(one_thread * CALL_S / lanes))
     batch = [(b, per_job) for b in bodies]
+    tail_cost = _call_s(batch[:tail]) / _call_s(batch) if 0 < tail < lanes else 1.0
     done = [0] * threads
     begin = threading.Barrier(threads + 1)
 
@@ -66,6 +73,8 @@ def kernel_rate(body_bytes: int, seconds: float) -> dict[str, Any]:
         "backend": native.backend(),
         "iterations_per_job_per_call": per_job,
         "seconds": round(wall, 2),
+        "tail_jobs": tail,
+        "tail_cost": round(tail_cost, 3),
     }
 
 
@@ -76,7 +85,8 @@ def row_fleet(opts: Options) -> RowResult:
         f"local fleet hashing: {jobs} jobs x {iterations:,} iterations, {opts.fleet_body_bytes // 1024} KB bodies, "
         "launcher local as `make up` (max_workers 5 per server)",
     )
-    kernel = kernel_rate(opts.fleet_body_bytes, opts.kernel_s)
+    slots = probes.cores() * native.lanes()
+    kernel = kernel_rate(opts.fleet_body_bytes, opts.kernel_s, tail=math.ceil(jobs % slots / probes.cores()))
     bodies = drive.Bodies(jobs, opts.fleet_body_bytes, seed=opts.seed)
     timeout_s = max(600.0, jobs * iterations / 2e6)
     with (
@@ -97,9 +107,9 @@ def row_fleet(opts: Options) -> RowResult:
     of_ideal = ratio(fleet_rate, kernel["ideal_it_per_s"])
     cores = probes.cores()
     cpu_share = ratio(peaks.cpu_s, cores * fleet_s) if fleet_s else None
-    # Equal long jobs run one a lane: the last round is part-empty, whatever the scheduling.
-    slots = kernel["threads"] * kernel["lanes"]
-    rounds = math.ceil(jobs / slots)
+    # Equal long jobs run one a lane: the last round is part-empty, whatever the scheduling; it
+    # takes tail_cost of a full round (less than one where the kernel moves it to narrower lanes).
+    rounds = jobs // slots + (kernel["tail_cost"] if jobs % slots else 0)
     ceiling = ratio(jobs / slots, rounds)
     per_cpu = ratio(total / peaks.cpu_s if peaks.cpu_s else None, kernel["it_per_cpu_s"])
     row.ok = report.ok and fleet_rate is not None
@@ -111,7 +121,7 @@ def row_fleet(opts: Options) -> RowResult:
         worker_cpu_s=round(peaks.cpu_s, 1),
         worker_cpu_share=cpu_share,
         fleet_per_cpu_s_to_kernel_ratio=per_cpu,
-        lane_rounds=rounds,
+        lane_rounds=round(rounds, 3),
         lane_ceiling=ceiling,
         seconds_first_worker_to_last_result=round(fleet_s, 3) if fleet_s else None,
         seconds_first_enqueue_to_first_worker=round(first_worker - start, 3) if first_worker else None,
@@ -137,7 +147,8 @@ def row_fleet(opts: Options) -> RowResult:
         ),
         f"  = {of_ideal}x the idle-machine kernel; the workers used {peaks.cpu_s:.1f} CPU s"
         f" = {cpu_share}x of {cores} cores over that time, hashing at {per_cpu}x the kernel's rate per CPU second",
-        f"  lane ceiling: {jobs} equal jobs on {kernel['threads']} x {kernel['lanes']} lanes take {rounds} rounds"
+        f"  lane ceiling: {jobs} equal jobs on {kernel['threads']} x {kernel['lanes']} lanes take {rounds:.2f} rounds"
+        f" (the last, {kernel['tail_jobs']} a thread, {kernel['tail_cost']} of a full one)"
         f" where the kernel's steady rate needs {jobs / slots:.2f}: at most {ceiling}x the kernel for this backlog",
         f"  (first enqueue -> first worker start {row.figures['seconds_first_enqueue_to_first_worker']} s;"
         f" first enqueue -> last result {report.elapsed_s:.1f} s)",

@@ -3,8 +3,8 @@
 A thin wrapper over the cffi module `native._sha512chain`; every C call releases the GIL, so one
 thread per core gives real parallelism. `chain_many` runs independent chains side by side in SIMD
 lanes when the CPU has them (AVX-512: 16 lanes, AVX2: 4), else one after another; the last few
-chains of a batch finish on a narrower kernel (AVX-512 hands up to 4 to AVX2, a lone one to scalar)
-instead of computing empty lanes.
+chains of a batch finish on a narrower kernel (AVX-512's last 2 to 8 on one group of 8 lanes, a
+lone one in scalar) instead of computing empty lanes.
 
 The backend is picked once at import: the best one the CPU supports whose kernel passes a quick
 known-answer self-test, or the one named by `DYNWORK_HASH_BACKEND=scalar|avx2|avx512` (for tests

@@ -12,7 +12,14 @@ import re
 from cffi import FFI  # type: ignore[import-untyped]  # cffi ships no type information
 
 HERE = pathlib.Path(__file__).resolve().parent
-SOURCES = ["sha512chain.c", "sha512_scalar.c", "sha512_lanes.c", "sha512_avx2.c", "sha512_avx512.c"]
+SOURCES = [
+    "sha512chain.c",
+    "sha512_scalar.c",
+    "sha512_lanes.c",
+    "sha512_avx2.c",
+    "sha512_avx512.c",
+    "sha512_avx512x8.c",
+]
 
 
 def _declarations(header: pathlib.Path) -> str:

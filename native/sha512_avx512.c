@@ -13,8 +13,7 @@
 #include "sha512_vec.h"
 
 /* One lane of 16 runs at about a third of the scalar kernel's speed (figures from issue 3:
- * ~34 M it/s for 16 lanes vs ~7 M scalar), so at 3 chains or fewer the scalar kernel wins. Where
- * AVX2 passed its self-test, 2 to 4 last chains go to its 4 lanes instead (about 1.5x faster per
- * chain than here: 2.7 against 1.74 M it/s on this project's 2-core Xeon). */
+ * ~34 M it/s for 16 lanes vs ~7 M scalar), so at 3 chains or fewer the scalar kernel wins; the
+ * driver hands a batch's last 2 to 8 chains to the one-group kernel (sha512_avx512x8.c) first. */
 const dw_lane_kernel dw_avx512_kernel = {DW_LANES, 3, dw_avx512_block, dw_avx512_chain};
 #endif

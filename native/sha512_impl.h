@@ -55,9 +55,9 @@ typedef struct {
 } dw_lane_kernel;
 
 /* The multi-buffer driver (sha512_lanes.c): keeps every lane busy while jobs remain. Once none
- * remain and the busy chains fit in `narrower` (a kernel with fewer lanes, or NULL), they finish
- * there, where each step costs less. */
-void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_t n,
+ * remain, the busy chains move to the narrowest kernel of `narrower` (kernels with fewer lanes,
+ * widest first, NULL-terminated; or NULL) that holds them, where each step costs less. */
+void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *const *narrower, size_t n,
                   const uint8_t *const *data, const size_t *lens, const uint64_t *iterations,
                   uint8_t *out);
 
@@ -66,6 +66,7 @@ void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_
 #define DW_X86 1
 extern const dw_lane_kernel dw_avx2_kernel;
 extern const dw_lane_kernel dw_avx512_kernel;
+extern const dw_lane_kernel dw_avx512x8_kernel; /* one group of 8: a batch's last 2 to 8 chains */
 #endif
 
 #endif

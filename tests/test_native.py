@@ -156,10 +156,10 @@ def test_more_jobs_than_lanes_retiring_at_different_steps():
     assert native.chain_many(jobs) == [reference(b, n) for b, n in jobs]
 
 
-@pytest.mark.parametrize("tail", range(1, 6))
+@pytest.mark.parametrize("tail", range(1, 10))
 def test_the_last_chains_of_a_batch_finish_right_on_a_narrower_kernel(tail):
-    """With no job left and `tail` chains still running (AVX-512 hands 2..4 of them to AVX2's
-    lanes, a last one to scalar), each carries its state and remaining steps across."""
+    """With no job left and `tail` chains still running (AVX-512 hands 2..8 of them to one group
+    of 8 lanes, a last one to scalar), each carries its state and remaining steps across."""
     jobs = [(random_body(100 + i, i), 40) for i in range(native.lanes())]
     jobs += [(random_body(i, 1000 + i), 500 + 97 * i) for i in range(tail)]  # outlive the rest, unevenly
     assert native.chain_many(jobs) == [reference(b, n) for b, n in jobs]

@@ -55,9 +55,9 @@ typedef struct {
 } dw_lane_kernel;
 
 /* The multi-buffer driver (sha512_lanes.c): keeps every lane busy while jobs remain. Once none
- * remain, the busy chains move to the narrowest kernel of `narrower` (kernels with fewer lanes,
- * widest first, NULL-terminated; or NULL) that holds them, where each step costs less. */
-void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *const *narrower, size_t n,
+ * remain and the busy chains fit in `narrower` (a kernel with fewer lanes, or NULL), they finish
+ * there, where each step costs less. */
+void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_t n,
                   const uint8_t *const *data, const size_t *lens, const uint64_t *iterations,
                   uint8_t *out);
 

@@ -114,12 +114,11 @@ static void mixed_step(run_t *r)
     }
 }
 
-static void drive(run_t *r, const dw_lane_kernel *const *narrower);
+static void drive(run_t *r, const dw_lane_kernel *narrower);
 
 /* Moves the busy lanes (all chaining, no jobs left) to the narrower kernel k2 and finishes them
- * there (and on the kernels after it in `rest` as more retire): a 16-lane kernel with four
- * chains left computes twelve empty lanes at every step. */
-static void finish_narrower(run_t *r, const dw_lane_kernel *k2, const dw_lane_kernel *const *rest)
+ * there: a 16-lane kernel with four chains left computes twelve empty lanes at every step. */
+static void finish_narrower(run_t *r, const dw_lane_kernel *k2)
 {
     run_t n2;
     int L = r->k->lanes, L2 = k2->lanes, j = 0;
@@ -137,23 +136,10 @@ static void finish_narrower(run_t *r, const dw_lane_kernel *k2, const dw_lane_ke
     }
     n2.busy = (size_t)j;
     r->busy = 0;
-    drive(&n2, rest);
+    drive(&n2, NULL);
 }
 
-/* The narrowest kernel in `narrower` (widest first, NULL-terminated) that holds `busy` chains and
- * is worth its vectors for them; its index, or -1. */
-static int narrowest_fit(const dw_lane_kernel *const *narrower, int lanes, size_t busy)
-{
-    int found = -1;
-    for (int i = 0; narrower != NULL && narrower[i] != NULL; i++) {
-        const dw_lane_kernel *k = narrower[i];
-        if (k->lanes < lanes && busy <= (size_t)k->lanes && busy > (size_t)k->scalar_below)
-            found = i;
-    }
-    return found;
-}
-
-static void drive(run_t *r, const dw_lane_kernel *const *narrower)
+static void drive(run_t *r, const dw_lane_kernel *narrower)
 {
     const dw_lane_kernel *k = r->k;
     int L = k->lanes;
@@ -170,9 +156,9 @@ static void drive(run_t *r, const dw_lane_kernel *const *narrower)
             mixed_step(r);
             continue;
         }
-        int fit = r->next_job >= r->n ? narrowest_fit(narrower, L, r->busy) : -1;
-        if (fit >= 0) {
-            finish_narrower(r, narrower[fit], narrower + fit + 1);
+        if (r->next_job >= r->n && narrower != NULL && r->busy <= (size_t)narrower->lanes &&
+            r->busy > (size_t)narrower->scalar_below) {
+            finish_narrower(r, narrower);
             continue;
         }
         if (r->next_job >= r->n && r->busy <= (size_t)k->scalar_below) {
@@ -201,7 +187,7 @@ static void drive(run_t *r, const dw_lane_kernel *const *narrower)
     }
 }
 
-void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *const *narrower, size_t n,
+void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_t n,
                   const uint8_t *const *data, const size_t *lens, const uint64_t *iterations,
                   uint8_t *out)
 {
@@ -215,5 +201,5 @@ void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *const *narrower
     r.out = out;
     for (int l = 0; l < k->lanes; l++)
         assign(&r, l);
-    drive(&r, narrower);
+    drive(&r, narrower != NULL && narrower->lanes < k->lanes ? narrower : NULL);
 }

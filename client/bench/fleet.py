@@ -85,8 +85,9 @@ def row_fleet(opts: Options) -> RowResult:
         f"local fleet hashing: {jobs} jobs x {iterations:,} iterations, {opts.fleet_body_bytes // 1024} KB bodies, "
         "launcher local as `make up` (max_workers 5 per server)",
     )
-    slots = probes.cores() * native.lanes()
-    kernel = kernel_rate(opts.fleet_body_bytes, opts.kernel_s, tail=math.ceil(jobs % slots / probes.cores()))
+    cores = probes.cores()
+    slots = cores * native.lanes()
+    kernel = kernel_rate(opts.fleet_body_bytes, opts.kernel_s, tail=math.ceil(jobs % slots / cores))
     bodies = drive.Bodies(jobs, opts.fleet_body_bytes, seed=opts.seed)
     timeout_s = max(600.0, jobs * iterations / 2e6)
     with (
@@ -105,7 +106,6 @@ def row_fleet(opts: Options) -> RowResult:
     fleet_rate = round(total / fleet_s) if fleet_s else None
     of_kernel = ratio(fleet_rate, kernel["it_per_s"])
     of_ideal = ratio(fleet_rate, kernel["ideal_it_per_s"])
-    cores = probes.cores()
     cpu_share = ratio(peaks.cpu_s, cores * fleet_s) if fleet_s else None
     # Equal long jobs run one a lane: the last round is part-empty, whatever the scheduling; it
     # takes tail_cost of a full round (less than one where the kernel moves it to narrower lanes).
@@ -153,7 +153,7 @@ def row_fleet(opts: Options) -> RowResult:
         f"  (first enqueue -> first worker start {row.figures['seconds_first_enqueue_to_first_worker']} s;"
         f" first enqueue -> last result {report.elapsed_s:.1f} s)",
         f"  most at once across both servers: {peaks.processes} worker processes,"
-        f" {peaks.configured_threads} hashing threads (their --threads; cores {probes.cores()}),"
+        f" {peaks.configured_threads} hashing threads (their --threads; cores {cores}),"
         f" {peaks.running_threads} worker threads at work (>= 5% of a core in a 0.25 s sample);"
         f" {len(peaks.pids)} worker processes in all",
     ]
@@ -161,7 +161,7 @@ def row_fleet(opts: Options) -> RowResult:
     row.headlines["of_kernel_idle_machine"] = Headline(of_ideal, "x", ">= 0.9")
     row.headlines["lane_ceiling"] = Headline(ceiling, "x")
     row.headlines["worker_cpu_share"] = Headline(cpu_share, "x")
-    row.headlines["max_hashing_threads"] = Headline(peaks.configured_threads, "threads", f"<= {probes.cores()}")
+    row.headlines["max_hashing_threads"] = Headline(peaks.configured_threads, "threads", f"<= {cores}")
     row.headlines["max_worker_processes"] = Headline(peaks.processes, "procs")
     return row
 

@@ -76,7 +76,7 @@ def test_new_nonce_uses_the_alphabet_and_length():
 
 def test_the_random_pool_never_hands_out_the_same_bytes_twice_across_refills():
     pool = RandomPool(refill=64)
-    draws = [pool.take(16) for _ in range(40)]  # ten refills, one straddling each boundary
+    draws = [pool.take(16) for _ in range(40)]  # ten refills of four draws each
     assert all(len(d) == 16 for d in draws)
     assert len(set(draws)) == len(draws)
     assert len(pool.take(100)) == 100  # more than a refill

@@ -96,6 +96,11 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--tmp-dir", type=Path, help="parent of the state dirs (default: the system temp dir)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy the servers of each row into DIR")
     parser.add_argument("--log-level", default="WARNING", help="the servers' log level (default WARNING)")
+    parser.add_argument(
+        "--hash-on-arrival",
+        type=int,
+        help="the servers' --hash-on-arrival (default theirs); 0 sends every job through a worker",
+    )
     args = parser.parse_args(argv)
     args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in args.rows if r not in ROWS]
@@ -113,6 +118,7 @@ def parse(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         tmp_dir=args.tmp_dir,
         profile_dir=args.profile,
         log_level=args.log_level,
+        hash_on_arrival=args.hash_on_arrival,
         **sizes,  # type: ignore[arg-type]
     )
     return args, opts
@@ -157,6 +163,10 @@ def _interrupted(signum: int, _: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")  # unwinds every `with`: servers stopped, state removed
 
 
+def _on_arrival(opts: Options) -> str:
+    return "as by default" if opts.hash_on_arrival is None else str(opts.hash_on_arrival)
+
+
 def main(argv: list[str] | None = None) -> int:
     args, opts = parse(argv)
     signal.signal(signal.SIGTERM, _interrupted)
@@ -165,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         f"dynwork benchmark: rows {','.join(args.rows)}, {args.runs} run(s), {machine['cores']} cores, "
         f"native {machine['backend']} ({machine['lanes']} lanes)\n"
         "baseline: 2 bare aiohttp processes (PUT /enqueue into a dict, POST /pullCompleted pops; no disk, "
-        f"no workers), the same raw keep-alive client, concurrency {opts.concurrency}, jobs alternating servers"
+        f"no workers), the same raw keep-alive client, concurrency {opts.concurrency}, jobs alternating servers\n"
+        f"dynwork servers: --hash-on-arrival {_on_arrival(opts)} (jobs costing at most that are hashed by the "
+        "server that accepts them, the others go through a worker)"
     )
     runs: list[dict[str, RowResult]] = []
     for i in range(args.runs):

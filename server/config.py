@@ -31,6 +31,11 @@ class ServerSettings:
     # public API limits
     max_body_bytes: int = option(1 << 20, "largest accepted body, bytes (413 above)")
     max_iterations: int = option(100_000_000, "largest accepted iterations (400 above)")
+    hash_on_arrival: int = option(
+        512,
+        "jobs needing at most this many SHA-512 compressions (iterations plus the body's 128-byte blocks) are"
+        " hashed by the server that accepts them, which costs it less than a hand-out to a worker (0: never)",
+    )
     max_queued: int = option(
         100_000, "queued jobs plus uploads in flight at which enqueue answers 503 with Retry-After"
     )

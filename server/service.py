@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+from common.cost import compressions
 from common.http import HttpError
 from common.http import NotFound as PeerNotFound
 from common.ids import WorkId
@@ -126,10 +127,16 @@ class Service:
         self.uploading += 1
         try:
             body = await upload.read(limit)
-            job = await self.scheduler.enqueue(body, iterations)
+            on_arrival = compressions(iterations, len(body)) <= self.settings.hash_on_arrival
+            if on_arrival:
+                job = await self.scheduler.enqueue_done(body, iterations)
+            else:
+                job = await self.scheduler.enqueue(body, iterations)
         finally:
             self.uploading -= 1
         self.events.enqueued(job, time.perf_counter() - started)
+        if on_arrival:
+            self.events.finished(job, None, None, None)
         return job.work_id(self.name)
 
     async def pull_completed(self, top: int, respond: Respond) -> None:
@@ -173,12 +180,16 @@ class Service:
         parsed = self._own(work_id)
         if parsed is None:
             raise NotFound(f"unknown work id {work_id[:80]!r}")
-        # The nonce is checked before any wait: a made-up id gets its 404 at once.
-        if self._nonce(parsed.seq) != parsed.nonce:
+        # The nonce is checked before any wait: a made-up id gets its 404 at once. A job the
+        # scheduler does not hold is finished (or unknown): its record, read once, answers.
+        nonce = self.scheduler.nonce(parsed.seq)
+        record = None if nonce is not None else self.store.get(parsed.seq)
+        if (nonce if record is None else record.nonce) != parsed.nonce:
             raise NotFound(f"unknown work id {work_id[:80]!r}")
-        if wait_s > 0:
-            await self.scheduler.wait_finished(parsed.seq, wait_s)
-        record = self.store.get(parsed.seq)
+        if record is None or not record.state.finished:
+            if wait_s > 0:
+                await self.scheduler.wait_finished(parsed.seq, wait_s)
+            record = self.store.get(parsed.seq)
         if record is None or record.nonce != parsed.nonce:
             raise NotFound(f"unknown work id {work_id[:80]!r}")
         status = work_status(self.name, record)

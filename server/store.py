@@ -199,6 +199,23 @@ class Store:
             self.fresh.keep(seq, body)
         return seq, where
 
+    async def insert_completed(self, nonce: str, iterations: int, size: int, result: bytes, now: float) -> int:
+        """Store a new job that is already done (hashed on arrival) durably, with its result and
+        without its body, which nobody will read again; its seq."""
+
+        def op(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "INSERT INTO jobs (nonce, iterations, size, state, enqueued_at, completed_at, result)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (nonce, iterations, size, State.COMPLETED, now, now, result),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+        seq = await self.db.run(op)
+        self.finished[State.COMPLETED] += 1
+        return seq
+
     def read_bodies(self, jobs: Sequence[tuple[int, int, tuple[int, int] | None]]) -> dict[int, bytes]:
         """The bodies of unfinished jobs given as (seq, size, where), by seq. A body in a segment is
         read with pread; one in its row (small, or from an earlier version) from the database,

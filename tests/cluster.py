@@ -92,7 +92,13 @@ def http(
 
 
 class Server(localcluster.ServerProcess):
-    """One `python -m server` subprocess; restartable on the same port and state dir."""
+    """One `python -m server` subprocess; restartable on the same port and state dir. Every job
+    goes to the fleet unless the test asks for hash_on_arrival: most tests are of the worker path,
+    and their small jobs would otherwise be hashed on arrival (tests/test_on_arrival.py)."""
+
+    def __init__(self, *args: Any, **settings: object) -> None:
+        settings.setdefault("hash_on_arrival", 0)
+        super().__init__(*args, **settings)
 
     def wait_healthy(self, timeout: float = START_TIMEOUT_S) -> None:
         with _as_assertion():

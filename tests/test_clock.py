@@ -91,6 +91,7 @@ def settings(tmp_path: Path, **overrides: object) -> ServerSettings:
         result_ttl_s=600.0,
         scale_up_wait_s=60.0,
         target_drain_s=3600.0,
+        hash_on_arrival=0,  # its jobs go through leases
     )
     values.update(overrides)
     return ServerSettings(**values)  # type: ignore[arg-type]  # a test's mix of option types

@@ -43,6 +43,7 @@ class Options:
     tmp_dir: Path | None = None  # where state dirs go (default: the system's temp dir)
     profile_dir: Path | None = None  # py-spy raw files of the servers, per dynwork measurement
     log_level: str = "WARNING"
+    hash_on_arrival: int | None = None  # the servers' setting (None: their default)
 
     @property
     def state_parent(self) -> Path:
@@ -85,6 +86,8 @@ def ratio(num: float | None, den: float | None) -> float | None:
 @contextlib.contextmanager
 def dynwork_cluster(opts: Options, *, warm_workers: bool, **settings: object) -> Iterator[LocalCluster]:
     """Two fresh servers (`settings` go to both), optionally with warm workers; torn down after."""
+    if opts.hash_on_arrival is not None:
+        settings.setdefault("hash_on_arrival", opts.hash_on_arrival)
     with tempfile.TemporaryDirectory(prefix="dynwork-bench-", dir=opts.state_parent) as tmp:
         cluster = LocalCluster(Path(tmp), log_level=opts.log_level, **settings)
         try:

@@ -92,6 +92,7 @@ async def opened_node(
     as Node.start does but without its background loops: the test calls sweeps itself."""
     settings.setdefault("launcher", "none")
     settings.setdefault("sqlite_synchronous", "NORMAL")
+    settings.setdefault("hash_on_arrival", 0)  # the worker path, unless a test asks for hashing on arrival
     node = Node(ServerSettings(name=name, state_dir=state_dir, **settings), SECRET, clock=clock or FakeClock())
     await node.store.start()
     try:

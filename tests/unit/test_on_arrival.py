@@ -1,0 +1,70 @@
+"""Hashing on arrival: a job that costs the server less to hash than to hand to a worker
+(--hash-on-arrival, in SHA-512 compressions) is hashed by the server that accepts it and stored
+finished, with its result, in the enqueue's own durable commit. Everything else goes to the fleet."""
+
+from __future__ import annotations
+
+from common.cost import compressions
+from server.jobs import State
+from tests.native_support import load_vectors
+from tests.native_support import reference as chain
+from tests.unit.service_support import Upload, lease, pull
+from tests.unit.support import aio, opened_node
+
+
+@aio
+async def test_a_cheap_job_is_finished_when_its_id_is_returned_and_never_queued(tmp_path):
+    async with opened_node(tmp_path, hash_on_arrival=512) as node:
+        service = node.service
+        work_id = await service.enqueue(3, Upload(b"payload"))
+        status = await service.work(str(work_id), 0, history=True)
+        assert (status["status"], status["result"]) == ("completed", chain(b"payload", 3).hex())
+        assert status["history"]["leases"] == [] and status["history"]["finished_at"] == status["enqueued_at"]
+        assert node.scheduler.queued == {} and node.scheduler.backlog_cost == 0  # no worker is wanted
+        assert (await lease(service)).jobs == []
+        (item,) = await pull(service, 10)
+        assert item["work_id"] == str(work_id) and item["result"] == chain(b"payload", 3).hex()
+        assert node.store.counts() == {State.COMPLETED: 1}
+        assert node.scheduler.jobs_per_s() > 0
+
+
+@aio
+async def test_the_known_answers_come_out_right_when_hashed_on_arrival(tmp_path):
+    vectors = load_vectors()
+    async with opened_node(tmp_path, hash_on_arrival=2 * 10**6) as node:  # every vector
+        ids = [await node.service.enqueue(iterations, Upload(body)) for body, iterations, _ in vectors]
+        for work_id, (_, _, expected) in zip(ids, vectors, strict=True):
+            status = await node.service.work(str(work_id), 0)
+            assert (status["status"], status["result"]) == ("completed", expected.hex())
+
+
+@aio
+async def test_the_threshold_counts_iterations_plus_body_blocks_and_a_dearer_job_is_queued(tmp_path):
+    body = bytes(200)  # two 128-byte blocks
+    assert compressions(8, len(body)) == 10
+    async with opened_node(tmp_path, hash_on_arrival=10) as node:
+        at_limit = await node.service.enqueue(8, Upload(body))
+        over = await node.service.enqueue(9, Upload(body))
+        assert (await node.service.work(str(at_limit), 0))["status"] == "completed"
+        assert (await node.service.work(str(over), 0))["status"] == "queued"
+        (job,) = (await lease(node.service)).jobs
+        assert (job.work_id, job.iterations, job.body) == (over, 9, body)
+
+
+@aio
+async def test_zero_sends_every_job_to_the_fleet(tmp_path):
+    async with opened_node(tmp_path, hash_on_arrival=0) as node:
+        work_id = await node.service.enqueue(1, Upload(b""))
+        assert (await node.service.work(str(work_id), 0))["status"] == "queued"
+
+
+@aio
+async def test_a_result_hashed_on_arrival_survives_a_restart_and_is_pullable_once(tmp_path):
+    async with opened_node(tmp_path, hash_on_arrival=512) as node:
+        work_id = await node.service.enqueue(2, Upload(b"kept"))
+    # a new node on the same state dir (as after a restart) has the result, pullable once
+    async with opened_node(tmp_path, hash_on_arrival=512) as node:
+        status = await node.service.work(str(work_id), 0)
+        assert (status["status"], status["result"]) == ("completed", chain(b"kept", 2).hex())
+        assert [item["work_id"] for item in await pull(node.service, 10)] == [str(work_id)]
+        assert node.store.counts() == {State.COMPLETED: 1}

@@ -110,34 +110,44 @@ class Service:
 
     # -- the public API --------------------------------------------------------------------
     async def enqueue(self, iterations: int, upload: Upload) -> WorkId:
-        """Store the job durably, then queue it; the id is returned once it is on disk."""
+        """Store the job durably, then queue it (or hash it first and store it finished, when that
+        costs less than a hand-out); the id is returned once it is on disk."""
         started = time.perf_counter()
         limit = self.settings.max_body_bytes
         if upload.content_length is not None and upload.content_length > limit:
             raise TooLarge(f"body of {upload.content_length} bytes exceeds the limit of {limit} bytes")
         if self.closing:
             raise Unavailable("server is shutting down; use the other server", retry_after_s=1, reason="closing")
+        # A job announced cheap enough to hash on arrival never enters the queue, so a full queue
+        # does not refuse it (its Content-Length is exact: aiohttp reads no more and no less).
+        announced = upload.content_length
+        cheap = announced is not None and self._on_arrival(iterations, announced)
         # Uploads in flight count against the queue limit, so concurrent ones cannot overshoot it.
-        if len(self.scheduler.queued) + self.uploading >= self.settings.max_queued:
+        if not cheap and len(self.scheduler.queued) + self.uploading >= self.settings.max_queued:
             raise Unavailable(
                 f"queue is full ({self.settings.max_queued} jobs waiting); retry later",
                 retry_after_s=2,
                 reason="queue_full",
             )
-        self.uploading += 1
+        counted = 0 if cheap else 1
+        self.uploading += counted
         try:
-            body = await upload.read(limit)
-            on_arrival = compressions(iterations, len(body)) <= self.settings.hash_on_arrival
+            body = await upload.read(announced if cheap and announced is not None else limit)
+            on_arrival = self._on_arrival(iterations, len(body))
             if on_arrival:
                 job = await self.scheduler.enqueue_done(body, iterations)
             else:
                 job = await self.scheduler.enqueue(body, iterations)
         finally:
-            self.uploading -= 1
+            self.uploading -= counted
         self.events.enqueued(job, time.perf_counter() - started)
         if on_arrival:
             self.events.finished(job, None, None, None)
         return job.work_id(self.name)
+
+    def _on_arrival(self, iterations: int, size: int) -> bool:
+        """Whether the job costs less to hash here than to hand to a worker (README, hashing on arrival)."""
+        return compressions(iterations, size) <= self.settings.hash_on_arrival
 
     async def pull_completed(self, top: int, respond: Respond) -> None:
         """Hand up to `top` finished jobs to `respond`; see server/handouts.py for the guarantee."""

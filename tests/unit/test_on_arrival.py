@@ -4,7 +4,10 @@ finished, with its result, in the enqueue's own durable commit. Everything else 
 
 from __future__ import annotations
 
+import pytest
+
 from common.cost import compressions
+from server.errors import Unavailable
 from server.jobs import State
 from tests.native_support import load_vectors
 from tests.native_support import reference as chain
@@ -68,3 +71,17 @@ async def test_a_result_hashed_on_arrival_survives_a_restart_and_is_pullable_onc
         assert (status["status"], status["result"]) == ("completed", chain(b"kept", 2).hex())
         assert [item["work_id"] for item in await pull(node.service, 10)] == [str(work_id)]
         assert node.store.counts() == {State.COMPLETED: 1}
+
+
+@aio
+async def test_a_full_queue_still_takes_a_job_announced_cheap_but_not_a_dear_or_unannounced_one(tmp_path):
+    async with opened_node(tmp_path, hash_on_arrival=512, max_queued=1) as node:
+        service = node.service
+        await service.enqueue(10_000, Upload(b"dear"))  # the queue is full now
+        cheap = await service.enqueue(1, Upload(b"cheap"))
+        assert (await service.work(str(cheap), 0))["result"] == chain(b"cheap", 1).hex()
+        with pytest.raises(Unavailable):
+            await service.enqueue(10_000, Upload(b"dear"))
+        with pytest.raises(Unavailable):  # chunked: its cost is known only once it has all arrived
+            await service.enqueue(1, Upload(b"cheap", content_length=None))
+        assert service.uploading == 0 and len(node.scheduler.queued) == 1

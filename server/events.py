@@ -110,8 +110,8 @@ class EventLog(Events):
     def finished(self, job: Job, error: str | None, worker: str | None, lease: Lease | None) -> None:
         if events_log.isEnabledFor(logging.INFO):
             work_id = str(job.work_id(self.server))
-            if error is None:
-                self._log(f"completed {work_id} by {worker or '-'}", work_id, worker)
+            if error is None:  # only a job hashed on arrival completes without a worker
+                self._log(f"completed {work_id} by {worker or 'this server, on arrival'}", work_id, worker)
             else:
                 self._log(f"failed {work_id}: {error[:200]}", work_id, worker)
 

@@ -85,3 +85,11 @@ async def test_a_full_queue_still_takes_a_job_announced_cheap_but_not_a_dear_or_
         with pytest.raises(Unavailable):  # chunked: its cost is known only once it has all arrived
             await service.enqueue(1, Upload(b"cheap", content_length=None))
         assert service.uploading == 0 and len(node.scheduler.queued) == 1
+
+
+@aio
+async def test_the_event_log_says_a_job_was_hashed_on_arrival(tmp_path, caplog):
+    caplog.set_level("INFO", logger="dynwork.events")
+    async with opened_node(tmp_path, hash_on_arrival=512) as node:
+        work_id = await node.service.enqueue(1, Upload(b"logged"))
+    assert f"completed {work_id} by this server, on arrival" in caplog.messages

@@ -68,6 +68,8 @@ _PULLABLE = f"WHERE delivered = 0 AND handout IS NULL AND state >= {DONE}"  # ma
 LATER_INDEXES = (
     f"CREATE INDEX IF NOT EXISTS jobs_pullable ON jobs (completed_at) {_PULLABLE}",
     f"CREATE INDEX IF NOT EXISTS jobs_open_seg ON jobs (seg) WHERE state < {DONE}",
+    # confirm and unreserve find a hand-out's rows here, not by scanning a day's results
+    "CREATE INDEX IF NOT EXISTS jobs_handout ON jobs (handout) WHERE handout IS NOT NULL",
 )
 ADDED_COLUMNS = {
     "jobs": {"lease_id": "TEXT", "handout": "TEXT", "seg": "INTEGER", "off": "INTEGER", "delivered_at": "REAL"},
@@ -78,6 +80,8 @@ _RECORD_COLUMNS = (
     "seq, nonce, iterations, size, state, attempts, worker, enqueued_at, completed_at, result, error, lease_id,"
     " seg, off"
 )
+CONFIRM_SQL = "UPDATE jobs SET delivered = 1, handout = NULL, delivered_at = ? WHERE handout = ?"
+UNRESERVE_SQL = "UPDATE jobs SET handout = NULL WHERE handout = ?"
 _ANY_PULLABLE = f"SELECT 1 FROM jobs INDEXED BY jobs_pullable {_PULLABLE} LIMIT 1"
 _PULLABLE_RECORDS = f"SELECT {_RECORD_COLUMNS} FROM jobs INDEXED BY jobs_pullable {_PULLABLE}"
 
@@ -390,10 +394,7 @@ class Store:
         """The hand-out reached its client: its results are delivered (durable)."""
 
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(
-                "UPDATE jobs SET delivered = 1, handout = NULL, delivered_at = ? WHERE handout = ?",
-                (time.time(), handout),
-            ).rowcount
+            return conn.execute(CONFIRM_SQL, (time.time(), handout)).rowcount
 
         return await self.db.run(op)
 
@@ -401,7 +402,7 @@ class Store:
         """The hand-out never reached its client: its results are pullable again."""
 
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute("UPDATE jobs SET handout = NULL WHERE handout = ?", (handout,)).rowcount
+            return conn.execute(UNRESERVE_SQL, (handout,)).rowcount
 
         return await self.db.run(op, durable=False)
 

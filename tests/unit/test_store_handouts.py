@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from server.jobs import Outcome, State
+from server.store import CONFIRM_SQL, UNRESERVE_SQL
 from tests.unit.support import aio, insert_seq, opened_store
 
 DIGEST = bytes(range(64))
@@ -81,3 +82,14 @@ async def test_expired_results_are_no_longer_pullable(tmp_path):
         assert await store.expire_results(11.5) == 2
         assert await store.reserve(10, "h2") == []
         assert await store.confirm("h") == 1 and store.get(seqs[2]) is not None
+
+
+@aio
+async def test_confirming_or_releasing_a_hand_out_reads_its_rows_only_not_the_whole_table(tmp_path):
+    async with opened_store(tmp_path / "jobs.db") as store:
+        await finished(store, 3)
+        plans = [
+            store.db.read(lambda c, sql=sql, args=args: c.execute(f"EXPLAIN QUERY PLAN {sql}", args).fetchall())
+            for sql, args in ((CONFIRM_SQL, (1.0, "h")), (UNRESERVE_SQL, ("h",)))
+        ]
+        assert all("USING INDEX jobs_handout" in str(plan) for plan in plans), plans

@@ -10,6 +10,10 @@ from __future__ import annotations
 #: cost units charged per job on top of its hashing (round trips, bookkeeping): ~0.2 ms of a worker
 JOB_OVERHEAD_COST = 1000
 
+#: compressions cheap enough (~0.1 ms of one core) to hash on an event loop, where a thread hop
+#: or a hand-out to a worker would cost more: the worker's inline batches, the server's hashing on arrival
+ON_LOOP_MAX_COMPRESSIONS = 512
+
 
 def compressions(iterations: int, body_bytes: int) -> int:
     """SHA-512 block compressions a job needs (about; the padding block is not counted)."""

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from common.cost import ON_LOOP_MAX_COMPRESSIONS
 from common.settings import SettingsError, load, option
 
 ENV_PREFIX = "DYNWORK_"
@@ -32,7 +33,7 @@ class ServerSettings:
     max_body_bytes: int = option(1 << 20, "largest accepted body, bytes (413 above)")
     max_iterations: int = option(100_000_000, "largest accepted iterations (400 above)")
     hash_on_arrival: int = option(
-        512,
+        ON_LOOP_MAX_COMPRESSIONS,
         "jobs needing at most this many SHA-512 compressions (iterations plus the body's 128-byte blocks) are"
         " hashed by the server that accepts them, which costs it less than a hand-out to a worker (0: never)",
     )

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from common.cost import compressions, job_cost
+from common.cost import ON_LOOP_MAX_COMPRESSIONS, compressions, job_cost
 from common.http import AiohttpTransport, Refused, Unauthorized, Unavailable
 from worker.client import Held, LeasedJob, Report, ServerClient
 from worker.config import WorkerSettings
@@ -32,7 +32,7 @@ MAX_HELD = 2048  # never hold more jobs than this, however fast they go
 HEARTBEAT_MAX_S = 5.0  # well inside the server's worker_dead_s (15 s by default)
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 FLUSH_ATTEMPTS_ON_EXIT = 5
-INLINE_HASH_MAX = 512  # compressions (~0.1 ms) a batch may need to be hashed on the event loop
+INLINE_HASH_MAX = ON_LOOP_MAX_COMPRESSIONS  # what a batch may need to be hashed on the event loop
 
 Hasher = Callable[[Sequence[tuple[bytes | memoryview, int]]], list[bytes]]
 

@@ -154,8 +154,9 @@ class Scheduler:
         enqueued_at = self.clock.wall()
         result = native.chain(body, iterations)
         seq = await self.store.insert_completed(nonce, iterations, len(body), result, enqueued_at)
-        self._finish_times.append(self.clock.mono())
-        return Job(seq, nonce, iterations, len(body), enqueued_at, enqueued_mono=self.clock.mono())
+        now = self.clock.mono()
+        self._finish_times.append(now)
+        return Job(seq, nonce, iterations, len(body), enqueued_at, enqueued_mono=now)
 
     # -- leases ----------------------------------------------------------------------------
     def _take(self, worker: str, max_jobs: int) -> list[Lease]:

@@ -49,11 +49,12 @@ from client.bench import probes
 from client.bench.cluster import Options, RowResult
 from client.bench.fleet import row_fleet, row_native
 from client.bench.metrics_cost import row_metrics
-from client.bench.rows import row_big, row_latency, row_memory, row_mixed, row_small
+from client.bench.rows import row_big, row_latency, row_memory, row_mixed, row_small, row_stored
 from client.localcluster import LocalClusterError
 
 ROWS: dict[str, Callable[[Options], RowResult]] = {
     "big": row_big,
+    "stored": row_stored,
     "mixed": row_mixed,
     "small": row_small,
     "latency": row_latency,

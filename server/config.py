@@ -34,8 +34,9 @@ class ServerSettings:
     max_iterations: int = option(100_000_000, "largest accepted iterations (400 above)")
     hash_on_arrival: int = option(
         ON_LOOP_MAX_COMPRESSIONS,
-        "jobs needing at most this many SHA-512 compressions (iterations plus the body's 128-byte blocks) are"
-        " hashed by the server that accepts them, which costs it less than a hand-out to a worker (0: never)",
+        "jobs of at most this many iterations are hashed by the server that accepts them, whatever the size"
+        " of their body (hashing a body costs less than storing it and handing it to a worker), and stored"
+        " finished (0: never)",
     )
     max_queued: int = option(
         100_000, "queued jobs plus uploads in flight at which enqueue answers 503 with Retry-After"

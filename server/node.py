@@ -233,6 +233,7 @@ class Node:
         await self.dashboard.close()
         if self.peer:
             await self.peer.close()
+        self.scheduler.hasher.close()
         await self.store.close()
 
     # -- background steps ------------------------------------------------------------------

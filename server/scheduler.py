@@ -17,8 +17,8 @@ import dataclasses
 import heapq
 import logging
 
-import native
 from common.ids import new_nonce, new_token
+from server.arrival import ArrivalHasher
 from server.clock import SYSTEM_CLOCK, Clock
 from server.events import Events
 from server.jobs import Job, Outcome, State
@@ -54,8 +54,10 @@ class Scheduler:
         max_attempts: int,
         clock: Clock = SYSTEM_CLOCK,
         events: Events | None = None,
+        hasher: ArrivalHasher | None = None,
     ) -> None:
         self.store = store
+        self.hasher = hasher or ArrivalHasher()
         self.events = events or Events()  # must be cheap: its hooks run for every job
         self.lease_s = lease_s
         self.max_attempts = max_attempts
@@ -148,11 +150,11 @@ class Scheduler:
         return job
 
     async def enqueue_done(self, body: bytes, iterations: int) -> Job:
-        """Hash a job on arrival and store it finished, with its result: for jobs cheaper to hash
-        here than to hand to a worker (see Service.enqueue). It never enters the queue."""
+        """Hash a job on arrival and store it finished, with its result and without its body (see
+        Service.enqueue). It never enters the queue."""
         nonce = new_nonce()
         enqueued_at = self.clock.wall()
-        result = native.chain(body, iterations)
+        result = await self.hasher.chain(body, iterations)
         seq = await self.store.insert_completed(nonce, iterations, len(body), result, enqueued_at)
         now = self.clock.mono()
         self._finish_times.append(now)

@@ -23,7 +23,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from common.cost import compressions
 from common.http import HttpError
 from common.http import NotFound as PeerNotFound
 from common.ids import WorkId
@@ -110,44 +109,41 @@ class Service:
 
     # -- the public API --------------------------------------------------------------------
     async def enqueue(self, iterations: int, upload: Upload) -> WorkId:
-        """Store the job durably, then queue it (or hash it first and store it finished, when that
-        costs less than a hand-out); the id is returned once it is on disk."""
+        """Store the job durably, then queue it; or, for a job of few iterations, hash it here and
+        store it finished, without its body. Either way the id is returned once it is on disk."""
         started = time.perf_counter()
         limit = self.settings.max_body_bytes
         if upload.content_length is not None and upload.content_length > limit:
             raise TooLarge(f"body of {upload.content_length} bytes exceeds the limit of {limit} bytes")
         if self.closing:
             raise Unavailable("server is shutting down; use the other server", retry_after_s=1, reason="closing")
-        # A job announced cheap enough to hash on arrival never enters the queue, so a full queue
-        # does not refuse it (its Content-Length is exact: aiohttp reads no more and no less).
-        announced = upload.content_length
-        cheap = announced is not None and self._on_arrival(iterations, announced)
-        # Uploads in flight count against the queue limit, so concurrent ones cannot overshoot it.
-        if not cheap and len(self.scheduler.queued) + self.uploading >= self.settings.max_queued:
-            raise Unavailable(
-                f"queue is full ({self.settings.max_queued} jobs waiting); retry later",
-                retry_after_s=2,
-                reason="queue_full",
-            )
-        counted = 0 if cheap else 1
-        self.uploading += counted
-        try:
-            body = await upload.read(announced if cheap and announced is not None else limit)
-            on_arrival = self._on_arrival(iterations, len(body))
-            if on_arrival:
-                job = await self.scheduler.enqueue_done(body, iterations)
-            else:
+        on_arrival = self.hashed_on_arrival(iterations)
+        if on_arrival:  # never queued, so a full queue does not refuse it
+            job = await self.scheduler.enqueue_done(await upload.read(limit), iterations)
+        else:
+            # Uploads in flight count against the queue limit, so concurrent ones cannot overshoot it.
+            if len(self.scheduler.queued) + self.uploading >= self.settings.max_queued:
+                raise Unavailable(
+                    f"queue is full ({self.settings.max_queued} jobs waiting); retry later",
+                    retry_after_s=2,
+                    reason="queue_full",
+                )
+            self.uploading += 1
+            try:
+                body = await upload.read(limit)
                 job = await self.scheduler.enqueue(body, iterations)
-        finally:
-            self.uploading -= counted
+            finally:
+                self.uploading -= 1
         self.events.enqueued(job, time.perf_counter() - started)
         if on_arrival:
             self.events.finished(job, None, None, None)
         return job.work_id(self.name)
 
-    def _on_arrival(self, iterations: int, size: int) -> bool:
-        """Whether the job costs less to hash here than to hand to a worker (README, hashing on arrival)."""
-        return compressions(iterations, size) <= self.settings.hash_on_arrival
+    def hashed_on_arrival(self, iterations: int) -> bool:
+        """Whether a job is hashed by the server that accepts it (README, hashing on arrival):
+        hashing its body costs less than storing it and handing it to a worker, whatever its size,
+        so only its iterations decide."""
+        return iterations <= self.settings.hash_on_arrival
 
     async def pull_completed(self, top: int, respond: Respond) -> None:
         """Hand up to `top` finished jobs to `respond`; see server/handouts.py for the guarantee."""

@@ -32,7 +32,7 @@ TINY = [
     "--kernel-s=0.3",
     "--memory-jobs=40",
     "--concurrency=8",
-    "--rows=big,latency,fleet,memory,native",  # mixed and small run the same code as big, on other bodies
+    "--rows=big,stored,latency,fleet,memory,native",  # mixed and small run the same code as big, on other bodies
 ]
 
 
@@ -56,15 +56,17 @@ def test_every_row_runs_and_cleans_up(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     doc = json.loads(out.read_text())
     (run,) = doc["runs"]
-    assert list(run) == ["big", "latency", "fleet", "memory", "native"]
+    assert list(run) == ["big", "stored", "latency", "fleet", "memory", "native"]
     for name, row in run.items():
         assert row["ok"], (name, row)
-    figures = run["big"]["figures"]
-    for side in ("baseline", "dynwork"):
-        assert figures[side]["completed"] == figures[side]["jobs"]
-        assert figures[side]["cpu_ms_per_job"]["servers"] > 0
-    assert figures["end_to_end_ratio"] > 0
-    assert run["big"]["figures"]["disk_fsync_write_mb_per_s"] > 0
+    for name in ("big", "stored"):
+        figures = run[name]["figures"]
+        for side in ("baseline", "dynwork"):
+            assert figures[side]["completed"] == figures[side]["jobs"]
+            assert figures[side]["cpu_ms_per_job"]["servers"] > 0
+        assert figures["end_to_end_ratio"] > 0
+        assert figures["disk_fsync_write_mb_per_s"] > 0
+    assert run["stored"]["figures"]["dynwork"]["cpu_ms_per_job"]["workers"] > 0  # its jobs went through workers
     assert run["latency"]["headlines"]["p99_ms"]["value"] > 0
     fleet = run["fleet"]["figures"]
     assert fleet["fleet_it_per_s"] > 0 and fleet["kernel"]["it_per_s"] > 0
@@ -72,7 +74,7 @@ def test_every_row_runs_and_cleans_up(tmp_path: Path) -> None:
     if not run["memory"]["skipped"]:
         assert all(v for v in run["memory"]["figures"]["rss_end"].values())
     assert run["native"]["figures"]["rows"]
-    assert set(doc["medians"]) >= {"big.end_to_end", "big.enqueue_of_disk", "fleet.of_kernel", "latency.p50_ms"}
+    assert set(doc["medians"]) >= {"big.end_to_end", "stored.enqueue_of_disk", "fleet.of_kernel", "latency.p50_ms"}
     assert "headlines" in proc.stdout
     assert list(state.iterdir()) == []  # every state dir removed
     assert _processes_naming(str(state)) == []

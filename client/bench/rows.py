@@ -9,10 +9,11 @@ alternating rounds; its ratios are dynwork over baseline, the median of the roun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,16 +100,25 @@ def _median_ratio(dyn: list[dict[str, Any]], base: list[dict[str, Any]], key: st
     return (round(statistics.median(known), 3) if known else None), each
 
 
-def compare(opts: Options, row: RowResult, make: Callable[[int], drive.Bodies], jobs: int, goal: str) -> None:
+def compare(
+    opts: Options,
+    row: RowResult,
+    make: Callable[[int], drive.Bodies],
+    jobs: int,
+    goal: str,
+    **settings: object,
+) -> None:
     """The baseline and dynwork, both up at once, driven in turn for `opts.rounds` rounds of
     jobs/rounds jobs each (ABBA order, so drift in the machine's load hits both sides alike); the
-    ratios are the medians of the rounds' ratios. Fills the row's figures, lines and headlines."""
+    ratios are the medians of the rounds' ratios. Fills the row's figures, lines and headlines.
+    `settings` go to both dynwork servers."""
     rounds = max(1, opts.rounds)
     bodies = make(max(1, jobs // rounds))
     base_runs: list[dict[str, Any]] = []
     dyn_runs: list[dict[str, Any]] = []
     profiles: list[Path] = []
-    with BaselinePair() as pair, dynwork_cluster(opts, warm_workers=True, launcher="none") as cluster:
+    settings.setdefault("launcher", "none")
+    with BaselinePair() as pair, dynwork_cluster(opts, warm_workers=True, **settings) as cluster:
         base_roles = _roles(pair.pids)
         dyn_roles = _roles(list(server_pids(cluster).values()), [w.proc.pid for w in cluster.workers])
         for i in range(rounds):
@@ -139,7 +149,7 @@ def compare(opts: Options, row: RowResult, make: Callable[[int], drive.Bodies], 
         _side("baseline (2 bare aiohttp procs)", base),
         _side("dynwork (2 servers, warm)", dyn),
         f"  {'ratio dynwork / baseline':<30} enqueue {enq}x (rounds {enq_each})"
-        f"   end to end {e2e}x (rounds {e2e_each})  (goal {goal})",
+        f"   end to end {e2e}x (rounds {e2e_each})" + (f"  (goal {goal})" if goal else ""),
         f"  {'CPU ms per job':<30} baseline {_format_cpu(base['cpu_ms_per_job'])};"
         f"  dynwork {_format_cpu(dyn['cpu_ms_per_job'])}",
     ]
@@ -153,8 +163,32 @@ def compare(opts: Options, row: RowResult, make: Callable[[int], drive.Bodies], 
 
 def row_big(opts: Options) -> RowResult:
     row = RowResult("big", f"256 KB bodies, 1 iteration ({opts.big_jobs} jobs, concurrency {opts.concurrency})")
+    with _against_disk(opts, row, "bodies hashed on arrival, not written"):
+        compare(opts, row, _big(opts), opts.big_jobs, ">= 0.5")
+    return row
+
+
+def row_stored(opts: Options) -> RowResult:
+    """The big row's jobs with --hash-on-arrival 0: every body written to a segment file, read back
+    and sent to a worker, which hashes it. The storage and fleet path, for jobs too dear to hash
+    on arrival; the big row's own jobs are hashed by the servers that take them."""
+    row = RowResult("stored", "the big row's jobs, every one stored and hashed by a worker (--hash-on-arrival 0)")
+    with _against_disk(opts, row, "bodies written, fdatasynced"):
+        compare(opts, row, _big(opts), opts.big_jobs, "", hash_on_arrival=0)
+    return row
+
+
+def _big(opts: Options) -> Callable[[int], drive.Bodies]:
+    return lambda n: drive.Bodies(n, BIG, seed=opts.seed)
+
+
+@contextlib.contextmanager
+def _against_disk(opts: Options, row: RowResult, what: str) -> Iterator[None]:
+    """Measure the row in the block between fsynced sequential writes of the disk the state dirs
+    are on (one before, two after), and print its enqueue MB/s against their median; `what` says
+    whether the bodies were written."""
     disk = [probes.fsync_write_mb_s(opts.state_parent, opts.disk_mib << 20)]
-    compare(opts, row, lambda n: drive.Bodies(n, BIG, seed=opts.seed), opts.big_jobs, ">= 0.5")
+    yield
     disk += [probes.fsync_write_mb_s(opts.state_parent, opts.disk_mib << 20) for _ in range(2)]
     disk_mb_s = round(statistics.median(disk), 1)
     enqueue_mb_s = row.figures["dynwork"]["enqueue_mb_per_s"]
@@ -167,10 +201,9 @@ def row_big(opts: Options) -> RowResult:
     row.lines.append(
         f"  disk: {opts.disk_mib} MiB sequential write + one fsync in {opts.state_parent}, before and twice after:"
         f" {', '.join(f'{d:,.0f}' for d in disk)} MB/s, median {disk_mb_s:,.1f};"
-        f" dynwork enqueue {enqueue_mb_s:,.1f} MB/s = {of_disk}x of it (goal >= 0.6)"
+        f" dynwork enqueue ({what}) {enqueue_mb_s:,.1f} MB/s = {of_disk}x of it (goal >= 0.6)"
     )
     row.headlines["enqueue_of_disk"] = Headline(of_disk, "x", ">= 0.6")
-    return row
 
 
 def row_mixed(opts: Options) -> RowResult:
@@ -245,7 +278,8 @@ def _tree_bytes(path: Path) -> int:
 
 def row_memory(opts: Options) -> RowResult:
     jobs = opts.memory_jobs
-    row = RowResult("memory", f"bounded memory: a backlog of {jobs:,} jobs of 256 KB, no workers")
+    title = f"bounded memory: a backlog of {jobs:,} jobs of 256 KB, stored (--hash-on-arrival 0), no workers"
+    row = RowResult("memory", title)
     need = jobs * BIG * 1.25 + (2 << 30)
     free = shutil.disk_usage(opts.state_parent).free
     if free < need:
@@ -253,7 +287,8 @@ def row_memory(opts: Options) -> RowResult:
         row.lines.append(f"  skipped: {row.skipped} (--memory-jobs N for a smaller backlog)")
         return row
     bodies = drive.Bodies(jobs, BIG, seed=opts.seed)
-    with dynwork_cluster(opts, warm_workers=False, launcher="none", max_queued=max(100_000, jobs)) as cluster:
+    backlog = {"launcher": "none", "max_queued": max(100_000, jobs), "hash_on_arrival": 0}
+    with dynwork_cluster(opts, warm_workers=False, **backlog) as cluster:
         pids = server_pids(cluster)
         before = _rss_mb(pids)
         with maybe_profile(opts, cluster, row.name):

@@ -1,12 +1,14 @@
-"""Hashing on arrival: a job that costs the server less to hash than to hand to a worker
-(--hash-on-arrival, in SHA-512 compressions) is hashed by the server that accepts it and stored
-finished, with its result, in the enqueue's own durable commit. Everything else goes to the fleet."""
+"""Hashing on arrival: a job of few iterations (--hash-on-arrival), whatever its body's size, is
+hashed by the server that accepts it, its body as it streams in, and stored finished, with its
+result, in the enqueue's own durable commit; its body is never stored. Everything else goes to
+the fleet."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from common.cost import compressions
 from server.errors import Unavailable
 from server.jobs import State
 from tests.native_support import load_vectors
@@ -42,16 +44,19 @@ async def test_the_known_answers_come_out_right_when_hashed_on_arrival(tmp_path)
 
 
 @aio
-async def test_the_threshold_counts_iterations_plus_body_blocks_and_a_dearer_job_is_queued(tmp_path):
-    body = bytes(200)  # two 128-byte blocks
-    assert compressions(8, len(body)) == 10
+async def test_the_threshold_counts_iterations_only_and_a_dearer_job_is_queued(tmp_path):
+    big = os.urandom(300_000)  # thousands of 128-byte blocks: hashing them costs less than storing them
     async with opened_node(tmp_path, hash_on_arrival=10) as node:
-        at_limit = await node.service.enqueue(8, Upload(body))
-        over = await node.service.enqueue(9, Upload(body))
-        assert (await node.service.work(str(at_limit), 0))["status"] == "completed"
+        at_limit = await node.service.enqueue(10, Upload(big))
+        dear = os.urandom(10_000)  # big enough for a segment file (server/store.py, INLINE_BODY_BYTES)
+        over = await node.service.enqueue(11, Upload(dear))
+        status = await node.service.work(str(at_limit), 0)
+        assert (status["status"], status["result"]) == ("completed", chain(big, 10).hex())
         assert (await node.service.work(str(over), 0))["status"] == "queued"
         (job,) = (await lease(node.service)).jobs
-        assert (job.work_id, job.iterations, job.body) == (over, 9, body)
+        assert (job.work_id, job.iterations, job.body) == (over, 11, dear)
+        bodies = node.store.bodies
+        assert sum(bodies.path(s).stat().st_size for s in bodies.segments()) == len(dear)  # big's: never stored
 
 
 @aio
@@ -74,16 +79,16 @@ async def test_a_result_hashed_on_arrival_survives_a_restart_and_is_pullable_onc
 
 
 @aio
-async def test_a_full_queue_still_takes_a_job_announced_cheap_but_not_a_dear_or_unannounced_one(tmp_path):
+async def test_a_full_queue_still_takes_a_job_hashed_on_arrival_announced_or_not(tmp_path):
     async with opened_node(tmp_path, hash_on_arrival=512, max_queued=1) as node:
         service = node.service
         await service.enqueue(10_000, Upload(b"dear"))  # the queue is full now
         cheap = await service.enqueue(1, Upload(b"cheap"))
+        chunked = await service.enqueue(1, Upload(b"chunked", content_length=None))
         assert (await service.work(str(cheap), 0))["result"] == chain(b"cheap", 1).hex()
+        assert (await service.work(str(chunked), 0))["result"] == chain(b"chunked", 1).hex()
         with pytest.raises(Unavailable):
             await service.enqueue(10_000, Upload(b"dear"))
-        with pytest.raises(Unavailable):  # chunked: its cost is known only once it has all arrived
-            await service.enqueue(1, Upload(b"cheap", content_length=None))
         assert service.uploading == 0 and len(node.scheduler.queued) == 1
 
 

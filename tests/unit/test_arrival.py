@@ -1,0 +1,76 @@
+"""The server's hashing on arrival (server/arrival.py): cheap jobs on the event loop, dearer ones
+in one thread, batched through chain_many so bodies arriving together share the SIMD lanes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+import native
+from common.cost import ON_LOOP_MAX_COMPRESSIONS, compressions
+from server.arrival import MAX_BATCH_JOBS, ArrivalHasher
+from tests.native_support import reference as chain
+from tests.unit.support import aio
+
+
+@aio
+async def test_bodies_arriving_together_are_hashed_in_batches_with_the_right_results():
+    hasher = ArrivalHasher()
+    try:
+        jobs = [(os.urandom(100_000 + i), 1 + i % 3) for i in range(MAX_BATCH_JOBS + 8)]
+        assert all(compressions(n, len(b)) > ON_LOOP_MAX_COMPRESSIONS for b, n in jobs)
+        digests = await asyncio.gather(*(hasher.chain(body, n) for body, n in jobs))
+        assert digests == [chain(body, n) for body, n in jobs]
+        assert hasher.batches == 2  # all arrived before the first batch started: a full one, then the rest
+        assert await hasher.chain(b"x" * 70_000, 2) == chain(b"x" * 70_000, 2)  # a lone one later
+        assert hasher.batches == 3
+    finally:
+        hasher.close()
+
+
+@aio
+async def test_a_cheap_job_is_hashed_on_the_event_loop():
+    hasher = ArrivalHasher()
+    try:
+        body = bytes(1000)
+        assert compressions(500, len(body)) <= ON_LOOP_MAX_COMPRESSIONS
+        assert await hasher.chain(body, 500) == chain(body, 500)
+        assert hasher.batches == 0
+    finally:
+        hasher.close()
+
+
+@aio
+async def test_a_failed_batch_fails_each_of_its_jobs_and_the_next_batch_works(monkeypatch):
+    hasher = ArrivalHasher()
+    try:
+
+        def broken(jobs):
+            raise MemoryError("injected")
+
+        monkeypatch.setattr(native, "chain_many", broken)
+        body = bytes(100_000)
+        results = await asyncio.gather(hasher.chain(body, 1), hasher.chain(body, 2), return_exceptions=True)
+        assert [type(r) for r in results] == [MemoryError, MemoryError]
+        monkeypatch.undo()
+        assert await hasher.chain(body, 1) == chain(body, 1)
+    finally:
+        hasher.close()
+
+
+@aio
+async def test_a_waiter_that_goes_away_does_not_stop_the_others():
+    hasher = ArrivalHasher()
+    try:
+        body = bytes(200_000)
+        gone = asyncio.ensure_future(hasher.chain(body, 1))
+        kept = asyncio.ensure_future(hasher.chain(body, 2))
+        await asyncio.sleep(0)  # both are waiting now
+        gone.cancel()
+        assert await kept == chain(body, 2)
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+    finally:
+        hasher.close()

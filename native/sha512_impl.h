@@ -35,6 +35,7 @@ static inline void dw_store_be64(uint8_t *p, uint64_t v)
 
 /* Scalar pieces (sha512_scalar.c). */
 void dw_scalar_body(const uint8_t *data, size_t len, uint64_t st[8]);
+void dw_scalar_blocks(uint64_t st[8], const uint8_t *data, size_t n); /* st += n 128-byte blocks */
 void dw_scalar_steps(uint64_t st[8], uint64_t steps);
 void dw_store_digest(const uint64_t st[8], uint8_t *out);
 
@@ -46,7 +47,7 @@ int dw_tail_blocks(const uint8_t *tail, size_t rem, size_t len, uint8_t buf[256]
  * block: st += compress(st, w) for every lane (w: 16 message words per lane).
  * chain: steps times, st = sha512 of the 64-byte message st, on every lane.
  * scalar_below: once no jobs are left and at most this many lanes are busy, the driver finishes
- * them with the scalar kernel, which is faster than a mostly empty vector. */
+ * them with the scalar kernel (bodies and chains), which is faster than a mostly empty vector. */
 typedef struct {
     int lanes;
     int scalar_below;
@@ -55,8 +56,8 @@ typedef struct {
 } dw_lane_kernel;
 
 /* The multi-buffer driver (sha512_lanes.c): keeps every lane busy while jobs remain. Once none
- * remain and the busy chains fit in `narrower` (a kernel with fewer lanes, or NULL), they finish
- * there, where each step costs less. */
+ * remain and the busy lanes fit in `narrower` (a kernel with fewer lanes, or NULL), they finish
+ * there, where each step costs less, whether still in their bodies or chaining. */
 void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_t n,
                   const uint8_t *const *data, const size_t *lens, const uint64_t *iterations,
                   uint8_t *out);

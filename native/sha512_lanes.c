@@ -116,8 +116,9 @@ static void mixed_step(run_t *r)
 
 static void drive(run_t *r, const dw_lane_kernel *narrower);
 
-/* Moves the busy lanes (all chaining, no jobs left) to the narrower kernel k2 and finishes them
- * there: a 16-lane kernel with four chains left computes twelve empty lanes at every step. */
+/* Moves the busy lanes (no jobs left) to the narrower kernel k2 and finishes them there, in
+ * whichever phase each is: a 16-lane kernel with four jobs left computes twelve empty lanes at
+ * every step, and a lone 256 KB body would take 2048 such steps. */
 static void finish_narrower(run_t *r, const dw_lane_kernel *k2)
 {
     run_t n2;
@@ -126,7 +127,7 @@ static void finish_narrower(run_t *r, const dw_lane_kernel *k2)
     n2.k = k2;
     n2.out = r->out; /* n2.n == 0: a retired lane is not refilled */
     for (int l = 0; l < L; l++) {
-        if (r->lane[l].phase != CHAIN)
+        if (r->lane[l].phase == IDLE)
             continue;
         n2.lane[j] = r->lane[l];
         for (int i = 0; i < 8; i++)
@@ -139,11 +140,44 @@ static void finish_narrower(run_t *r, const dw_lane_kernel *k2)
     drive(&n2, NULL);
 }
 
+/* Finishes every busy lane (no jobs left) with the scalar kernel: the rest of its body, if any,
+ * then its remaining chain steps. */
+static void finish_scalar(run_t *r)
+{
+    int L = r->k->lanes;
+    for (int l = 0; l < L; l++) {
+        lane_t *ln = &r->lane[l];
+        if (ln->phase == IDLE)
+            continue;
+        uint64_t h[8];
+        for (int i = 0; i < 8; i++)
+            h[i] = r->st[i * L + l];
+        if (ln->phase == BODY) {
+            dw_scalar_blocks(h, ln->next, ln->full_left);
+            dw_scalar_blocks(h, ln->tail + 128 * ln->tail_done, (size_t)(ln->tail_blocks - ln->tail_done));
+        }
+        dw_scalar_steps(h, ln->steps_left);
+        dw_store_digest(h, r->out + 64 * ln->job);
+        ln->phase = IDLE;
+        r->busy--;
+    }
+}
+
 static void drive(run_t *r, const dw_lane_kernel *narrower)
 {
     const dw_lane_kernel *k = r->k;
     int L = k->lanes;
     while (r->busy) {
+        if (r->next_job >= r->n) { /* no job left to refill a lane: fewer lanes cost less */
+            if (narrower != NULL && r->busy <= (size_t)narrower->lanes && r->busy > (size_t)narrower->scalar_below) {
+                finish_narrower(r, narrower);
+                continue;
+            }
+            if (r->busy <= (size_t)k->scalar_below) {
+                finish_scalar(r);
+                continue;
+            }
+        }
         int any_body = 0;
         uint64_t least = UINT64_MAX;
         for (int l = 0; l < L; l++) {
@@ -154,26 +188,6 @@ static void drive(run_t *r, const dw_lane_kernel *narrower)
         }
         if (any_body) {
             mixed_step(r);
-            continue;
-        }
-        if (r->next_job >= r->n && narrower != NULL && r->busy <= (size_t)narrower->lanes &&
-            r->busy > (size_t)narrower->scalar_below) {
-            finish_narrower(r, narrower);
-            continue;
-        }
-        if (r->next_job >= r->n && r->busy <= (size_t)k->scalar_below) {
-            /* Too few chains left to pay for the vector width: finish them one at a time. */
-            for (int l = 0; l < L; l++) {
-                if (r->lane[l].phase != CHAIN)
-                    continue;
-                uint64_t h[8];
-                for (int i = 0; i < 8; i++)
-                    h[i] = r->st[i * L + l];
-                dw_scalar_steps(h, r->lane[l].steps_left);
-                dw_store_digest(h, r->out + 64 * r->lane[l].job);
-                r->lane[l].phase = IDLE;
-                r->busy--;
-            }
             continue;
         }
         k->chain(r->st, least);

@@ -81,25 +81,12 @@ int dw_tail_blocks(const uint8_t *tail, size_t rem, size_t len, uint8_t buf[256]
 /* The kernels below are compiled twice: portable, and with BMI2 (rorx, a rotate that keeps its
  * source, and andn) for x86 CPUs that have it; callers pick one at run time. */
 #define DEFINE_KERNELS(sfx, attr)                                                       \
-    /* st += compress(st, w); w is clobbered. */                                        \
-    attr static inline void compress_##sfx(uint64_t st[8], uint64_t w[16])              \
+    /* st += compress of n consecutive 128-byte blocks at data. */                       \
+    attr static void blocks_##sfx(uint64_t st[8], const uint8_t *data, size_t n)        \
     {                                                                                   \
-        uint64_t a = st[0], b = st[1], c = st[2], d = st[3];                            \
-        uint64_t e = st[4], f = st[5], g = st[6], h = st[7];                            \
-        ROUNDS80;                                                                       \
-        st[0] += a; st[1] += b; st[2] += c; st[3] += d;                                 \
-        st[4] += e; st[5] += f; st[6] += g; st[7] += h;                                 \
-    }                                                                                   \
-                                                                                        \
-    attr static void body_##sfx(const uint8_t *data, size_t len, uint64_t st[8])        \
-    {                                                                                   \
-        uint8_t buf[256];                                                               \
-        uint64_t w[16];                                                                 \
-        memcpy(st, dw_IV, sizeof dw_IV);                                                \
-        size_t full = len / 128;                                                        \
         uint64_t s0 = st[0], s1 = st[1], s2 = st[2], s3 = st[3];                        \
         uint64_t s4 = st[4], s5 = st[5], s6 = st[6], s7 = st[7];                        \
-        for (size_t j = 0; j < full; j++) {                                             \
+        for (size_t j = 0; j < n; j++) {                                                \
             const uint8_t *p = data + 128 * j;                                          \
             uint64_t w[16] = {                                                          \
                 dw_load_be64(p), dw_load_be64(p + 8), dw_load_be64(p + 16),             \
@@ -114,12 +101,16 @@ int dw_tail_blocks(const uint8_t *tail, size_t rem, size_t len, uint8_t buf[256]
         }                                                                               \
         st[0] = s0; st[1] = s1; st[2] = s2; st[3] = s3;                                 \
         st[4] = s4; st[5] = s5; st[6] = s6; st[7] = s7;                                 \
-        int blocks = dw_tail_blocks(data + 128 * full, len % 128, len, buf);            \
-        for (int j = 0; j < blocks; j++) {                                              \
-            for (int i = 0; i < 16; i++)                                                \
-                w[i] = dw_load_be64(buf + 128 * j + 8 * i);                             \
-            compress_##sfx(st, w);                                                      \
-        }                                                                               \
+    }                                                                                   \
+                                                                                        \
+    attr static void body_##sfx(const uint8_t *data, size_t len, uint64_t st[8])        \
+    {                                                                                   \
+        uint8_t buf[256];                                                               \
+        size_t full = len / 128;                                                        \
+        memcpy(st, dw_IV, sizeof dw_IV);                                                \
+        blocks_##sfx(st, data, full);                                                   \
+        int tail = dw_tail_blocks(data + 128 * full, len % 128, len, buf);              \
+        blocks_##sfx(st, buf, (size_t)tail);                                            \
     }                                                                                   \
                                                                                         \
     /* steps times: st = sha512(st as 64 big-endian bytes). The digest words are the    \
@@ -168,6 +159,17 @@ void dw_scalar_body(const uint8_t *data, size_t len, uint64_t st[8])
     }
 #endif
     body_portable(data, len, st);
+}
+
+void dw_scalar_blocks(uint64_t st[8], const uint8_t *data, size_t n)
+{
+#ifdef DW_X86
+    if (use_bmi2()) {
+        blocks_bmi2(st, data, n);
+        return;
+    }
+#endif
+    blocks_portable(st, data, n);
 }
 
 void dw_scalar_steps(uint64_t st[8], uint64_t steps)

@@ -165,6 +165,16 @@ def test_the_last_chains_of_a_batch_finish_right_on_a_narrower_kernel(tail):
     assert native.chain_many(jobs) == [reference(b, n) for b, n in jobs]
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 4, 8, 9, 15, 16, 17, 20, 24])
+def test_bodies_still_arriving_when_the_jobs_run_out_finish_right_on_fewer_lanes(count):
+    """When no job is left to refill a lane, the busy lanes move to a narrower kernel or to scalar
+    in whichever phase they are: mid-body (full blocks, or only the padded tail left) or chaining.
+    Bodies of unequal length leave lanes at every point of their bodies when that happens."""
+    lengths = [300 * 1024, 111, 70_000, 128 * 40 + 112, 5_000, 128 * 9, 250_000, 0, 40_000 + 127]
+    jobs = [(random_body(lengths[i % len(lengths)] + i, 77 + i), [1, 3, 600][i % 3]) for i in range(count)]
+    assert native.chain_many(jobs) == [reference(b, n) for b, n in jobs]
+
+
 def _import_with_env(value: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, DYNWORK_HASH_BACKEND=value)
     code = "import native; print(native.backend(), native.lanes())"

@@ -11,8 +11,8 @@ from __future__ import annotations
 JOB_OVERHEAD_COST = 1000
 
 #: compressions cheap enough (~0.1 ms of one core) to hash on an event loop, where a thread hop
-#: would cost more: the worker's inline batches, the server's hashing on arrival (server/arrival.py);
-#: also the server's default --hash-on-arrival, in iterations after the body's hash
+#: would cost more: the worker's inline batches; also the server's default --hash-on-arrival, in
+#: iterations after the body's hash
 ON_LOOP_MAX_COMPRESSIONS = 512
 
 

@@ -9,8 +9,8 @@ import os
 import pytest
 
 import native
-from common.cost import ON_LOOP_MAX_COMPRESSIONS, compressions
-from server.arrival import MAX_BATCH_JOBS, ArrivalHasher
+from common.cost import compressions
+from server.arrival import MAX_BATCH_JOBS, ON_LOOP_MAX, ArrivalHasher
 from tests.native_support import reference as chain
 from tests.unit.support import aio
 
@@ -20,11 +20,11 @@ async def test_bodies_arriving_together_are_hashed_in_batches_with_the_right_res
     hasher = ArrivalHasher()
     try:
         jobs = [(os.urandom(100_000 + i), 1 + i % 3) for i in range(MAX_BATCH_JOBS + 8)]
-        assert all(compressions(n, len(b)) > ON_LOOP_MAX_COMPRESSIONS for b, n in jobs)
+        assert all(compressions(n, len(b)) > ON_LOOP_MAX for b, n in jobs)
         digests = await asyncio.gather(*(hasher.chain(body, n) for body, n in jobs))
         assert digests == [chain(body, n) for body, n in jobs]
         assert hasher.batches == 2  # all arrived before the first batch started: a full one, then the rest
-        assert await hasher.chain(b"x" * 70_000, 2) == chain(b"x" * 70_000, 2)  # a lone one later
+        assert await hasher.chain(b"x" * 9_000, 2) == chain(b"x" * 9_000, 2)  # a lone one later
         assert hasher.batches == 3
     finally:
         hasher.close()
@@ -35,8 +35,8 @@ async def test_a_cheap_job_is_hashed_on_the_event_loop():
     hasher = ArrivalHasher()
     try:
         body = bytes(1000)
-        assert compressions(500, len(body)) <= ON_LOOP_MAX_COMPRESSIONS
-        assert await hasher.chain(body, 500) == chain(body, 500)
+        assert compressions(50, len(body)) <= ON_LOOP_MAX
+        assert await hasher.chain(body, 50) == chain(body, 50)
         assert hasher.batches == 0
     finally:
         hasher.close()

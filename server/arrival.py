@@ -15,6 +15,7 @@ import concurrent.futures
 
 import native
 from common.cost import compressions
+from server.errors import Unavailable
 
 MAX_BATCH_JOBS = 32  # so the first of a burst is not held back by many behind it
 ON_LOOP_MAX = 64  # compressions (~10 us): the most hashed on the event loop, cheaper there than a hop
@@ -46,10 +47,11 @@ class ArrivalHasher:
                 self.batches += 1
                 try:
                     digests = await loop.run_in_executor(self._pool, native.chain_many, jobs)
-                except Exception as exc:  # noqa: BLE001  (any failure is answered by each waiting enqueue, never left hanging)
+                except Exception as exc:  # noqa: BLE001  (each waiting enqueue answers 503: none is left hanging)
+                    failed = Unavailable(f"could not hash the job: {type(exc).__name__}", retry_after_s=1)
                     for *_, done in batch:
                         if not done.done():
-                            done.set_exception(exc)
+                            done.set_exception(failed)
                     continue
                 for (*_, done), digest in zip(batch, digests, strict=True):
                     if not done.done():

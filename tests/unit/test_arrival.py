@@ -11,6 +11,7 @@ import pytest
 import native
 from common.cost import compressions
 from server.arrival import MAX_BATCH_JOBS, ON_LOOP_MAX, ArrivalHasher
+from server.errors import Unavailable
 from tests.native_support import reference as chain
 from tests.unit.support import aio
 
@@ -43,7 +44,7 @@ async def test_a_cheap_job_is_hashed_on_the_event_loop():
 
 
 @aio
-async def test_a_failed_batch_fails_each_of_its_jobs_and_the_next_batch_works(monkeypatch):
+async def test_a_failed_batch_refuses_each_of_its_jobs_with_a_503_and_the_next_batch_works(monkeypatch):
     hasher = ArrivalHasher()
     try:
 
@@ -53,7 +54,8 @@ async def test_a_failed_batch_fails_each_of_its_jobs_and_the_next_batch_works(mo
         monkeypatch.setattr(native, "chain_many", broken)
         body = bytes(100_000)
         results = await asyncio.gather(hasher.chain(body, 1), hasher.chain(body, 2), return_exceptions=True)
-        assert [type(r) for r in results] == [MemoryError, MemoryError]
+        assert [type(r) for r in results] == [Unavailable, Unavailable]
+        assert all(r.status == 503 and "MemoryError" in r.message for r in results)
         monkeypatch.undo()
         assert await hasher.chain(body, 1) == chain(body, 1)
     finally:

@@ -4,7 +4,9 @@ in one thread, batched through chain_many so bodies arriving together share the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -16,10 +18,18 @@ from tests.native_support import reference as chain
 from tests.unit.support import aio
 
 
-@aio
-async def test_bodies_arriving_together_are_hashed_in_batches_with_the_right_results():
+@contextlib.contextmanager
+def hashing() -> Iterator[ArrivalHasher]:
     hasher = ArrivalHasher()
     try:
+        yield hasher
+    finally:
+        hasher.close()
+
+
+@aio
+async def test_bodies_arriving_together_are_hashed_in_batches_with_the_right_results():
+    with hashing() as hasher:
         jobs = [(os.urandom(100_000 + i), 1 + i % 3) for i in range(MAX_BATCH_JOBS + 8)]
         assert all(compressions(n, len(b)) > ON_LOOP_MAX for b, n in jobs)
         digests = await asyncio.gather(*(hasher.chain(body, n) for body, n in jobs))
@@ -27,26 +37,20 @@ async def test_bodies_arriving_together_are_hashed_in_batches_with_the_right_res
         assert hasher.batches == 2  # all arrived before the first batch started: a full one, then the rest
         assert await hasher.chain(b"x" * 9_000, 2) == chain(b"x" * 9_000, 2)  # a lone one later
         assert hasher.batches == 3
-    finally:
-        hasher.close()
 
 
 @aio
 async def test_a_cheap_job_is_hashed_on_the_event_loop():
-    hasher = ArrivalHasher()
-    try:
+    with hashing() as hasher:
         body = bytes(1000)
         assert compressions(50, len(body)) <= ON_LOOP_MAX
         assert await hasher.chain(body, 50) == chain(body, 50)
         assert hasher.batches == 0
-    finally:
-        hasher.close()
 
 
 @aio
 async def test_a_failed_batch_refuses_each_of_its_jobs_with_a_503_and_the_next_batch_works(monkeypatch):
-    hasher = ArrivalHasher()
-    try:
+    with hashing() as hasher:
 
         def broken(jobs):
             raise MemoryError("injected")
@@ -58,14 +62,11 @@ async def test_a_failed_batch_refuses_each_of_its_jobs_with_a_503_and_the_next_b
         assert all(r.status == 503 and "MemoryError" in r.message for r in results)
         monkeypatch.undo()
         assert await hasher.chain(body, 1) == chain(body, 1)
-    finally:
-        hasher.close()
 
 
 @aio
 async def test_a_waiter_that_goes_away_does_not_stop_the_others():
-    hasher = ArrivalHasher()
-    try:
+    with hashing() as hasher:
         body = bytes(200_000)
         gone = asyncio.ensure_future(hasher.chain(body, 1))
         kept = asyncio.ensure_future(hasher.chain(body, 2))
@@ -74,5 +75,3 @@ async def test_a_waiter_that_goes_away_does_not_stop_the_others():
         assert await kept == chain(body, 2)
         with pytest.raises(asyncio.CancelledError):
             await gone
-    finally:
-        hasher.close()

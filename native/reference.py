@@ -1,5 +1,6 @@
 """The work function in plain Python (hashlib): the reference every test, benchmark and the CLI's
---verify check results against. Slow; the C kernels are what workers run."""
+--verify check results against. Slow; the C kernels are what workers run. The server hashes its
+tiniest jobs with it on its event loop, where holding the GIL matters more (server/arrival.py)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
 """Hashing on arrival, off the event loop and in SIMD lanes (see Service.enqueue for which jobs).
 
-A job cheap enough (ON_LOOP_MAX) is hashed on the event loop: a thread hand-off would cost more.
-A dearer one (a body over about 8 KB) goes to this server's one hashing thread, which costs the
-event loop, the busiest thread of a loaded server, a few microseconds instead of the whole hash.
+A job cheap enough (ON_LOOP_MAX) is hashed on the event loop, where a thread hand-off would cost
+more, with hashlib (native.reference): it keeps the GIL for such small inputs, while the C kernel
+would let it go, and the store's writer thread, waiting for it, would take it and make the event
+loop wait in turn (a convoy: 64-byte jobs cost the loop 60 us each with the C kernel, 36 with
+hashlib). A dearer one goes to this server's one hashing thread, which costs the event loop, the
+busiest thread of a loaded server, a few microseconds instead of the whole hash.
 The thread hashes in batches through `native.chain_many`: while one batch is hashed, the bodies
 that arrive meanwhile wait and go together in the next, so under load they fill the SIMD lanes
 (sixteen 256 KB bodies with AVX-512 in about the time of five one after another).
@@ -15,10 +18,11 @@ import concurrent.futures
 
 import native
 from common.cost import compressions
+from native import reference
 from server.errors import Unavailable
 
 MAX_BATCH_JOBS = 32  # so the first of a burst is not held back by many behind it
-ON_LOOP_MAX = 64  # compressions (~10 us): the most hashed on the event loop, cheaper there than a hop
+ON_LOOP_MAX = 16  # compressions (~3 us): bodies under 2 KB, where hashlib keeps the GIL
 
 
 class ArrivalHasher:
@@ -31,7 +35,7 @@ class ArrivalHasher:
     async def chain(self, body: bytes, iterations: int) -> bytes:
         """native.chain(body, iterations), computed where it costs least."""
         if compressions(iterations, len(body)) <= ON_LOOP_MAX:
-            return native.chain(body, iterations)
+            return reference.chain(body, iterations)
         done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting.append((body, iterations, done))
         if self._batches is None:

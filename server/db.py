@@ -4,6 +4,9 @@ Every write is a function of the connection. The writer thread takes the operati
 waiting (at most MAX_BATCH of them and about MAX_BATCH_BYTES of data), runs each inside a
 savepoint of one transaction, commits once, and only then resolves their futures with one wake-up
 of the event loop: an acknowledged operation is committed, and one fsync serves a whole batch.
+An operation that changes the database with one statement only (`one_statement`) runs without a
+savepoint: SQLite undoes a failed statement by itself, and the savepoint's two statements are two
+more hand-overs of the GIL to the busy event loop and back.
 
 Durability is chosen per operation: a batch holding any durable operation commits with the
 configured `synchronous` (FULL: survives a power loss); a batch of relaxed ones only (leases,
@@ -46,6 +49,7 @@ class _Op(NamedTuple):
     future: asyncio.Future[Any]
     durable: bool
     nbytes: int
+    one_statement: bool
 
 
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
@@ -152,14 +156,7 @@ class Database:
                 self._current_sync = sync
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    outcomes.append((op.future, op.fn(conn), None))
-                    conn.execute("RELEASE op")
-                except Exception as exc:  # noqa: BLE001 - handed to the caller's future
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((op.future, None, as_store_error(exc)))
+                outcomes.append(self._run_op(conn, op))
             committing = time.perf_counter()
             if durable:
                 self._before_durable_commit()
@@ -167,7 +164,7 @@ class Database:
             self.commits += 1
             if self._on_commit is not None:
                 self._on_commit(len(batch), durable, time.perf_counter() - committing)
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, StoreError) as exc:
             log.error("store commit failed (%d operations lost, none acknowledged): %s", len(batch), exc)
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -176,6 +173,27 @@ class Database:
         # One wake-up of the event loop per group commit, not one per operation.
         assert self._loop is not None
         self._loop.call_soon_threadsafe(_resolve_all, outcomes)
+
+    @staticmethod
+    def _run_op(conn: sqlite3.Connection, op: _Op) -> Outcome:
+        """One operation inside the batch's transaction; its failure is its own, unless SQLite
+        rolled the whole transaction back (a full disk, an I/O error): then the batch fails."""
+        if op.one_statement:
+            try:
+                return op.future, op.fn(conn), None
+            except Exception as exc:  # handed to the caller's future, or the whole batch fails
+                if not conn.in_transaction:  # what ran before it in this batch is gone too
+                    raise as_store_error(exc) from exc
+                return op.future, None, as_store_error(exc)
+        conn.execute("SAVEPOINT op")
+        try:
+            result = op.fn(conn)
+            conn.execute("RELEASE op")
+            return op.future, result, None
+        except Exception as exc:  # noqa: BLE001 - handed to the caller's future
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+            return op.future, None, as_store_error(exc)
 
     def _bound_wal(self, conn: sqlite3.Connection) -> None:
         try:
@@ -194,19 +212,34 @@ class Database:
         return self._closed
 
     # -- the API ---------------------------------------------------------------------------
-    async def run(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool = True, nbytes: int = 0) -> T:
+    async def run(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool = True,
+        nbytes: int = 0,
+        one_statement: bool = False,
+    ) -> T:
         """Run fn(conn) in the next group commit; returns once it is committed (and, when
-        durable, synced to disk). `nbytes` is about how much data it writes."""
-        result: T = await self.queue(fn, durable=durable, nbytes=nbytes)
+        durable, synced to disk). `nbytes` is about how much data it writes; `one_statement`:
+        it changes the database with one statement (not executemany) and nothing else."""
+        result: T = await self.queue(fn, durable=durable, nbytes=nbytes, one_statement=one_statement)
         return result
 
-    def queue(self, fn: Callable[[sqlite3.Connection], T], *, durable: bool, nbytes: int = 0) -> asyncio.Future[T]:
+    def queue(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        durable: bool,
+        nbytes: int = 0,
+        one_statement: bool = False,
+    ) -> asyncio.Future[T]:
         """Queue fn(conn) for the next group commit; the future resolves once it is committed.
         Operations commit in the order they are queued."""
         if self._closed or self._thread is None or self._loop is None:
             raise StoreError("store is closed")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._ops.put(_Op(fn, future, durable, nbytes))
+        self._ops.put(_Op(fn, future, durable, nbytes, one_statement))
         return future
 
     def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:

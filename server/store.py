@@ -198,7 +198,7 @@ class Store:
             assert cur.lastrowid is not None
             return cur.lastrowid, where
 
-        seq, where = await self.db.run(op, nbytes=len(body))
+        seq, where = await self.db.run(op, nbytes=len(body), one_statement=True)
         if where is None:
             self.fresh.keep(seq, body)
         return seq, where
@@ -216,7 +216,7 @@ class Store:
             assert cur.lastrowid is not None
             return cur.lastrowid
 
-        seq = await self.db.run(op)
+        seq = await self.db.run(op, one_statement=True)
         self.finished[State.COMPLETED] += 1
         return seq
 
@@ -396,7 +396,7 @@ class Store:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(CONFIRM_SQL, (time.time(), handout)).rowcount
 
-        return await self.db.run(op)
+        return await self.db.run(op, one_statement=True)
 
     async def unreserve(self, handout: str) -> int:
         """The hand-out never reached its client: its results are pullable again."""
@@ -404,7 +404,7 @@ class Store:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(UNRESERVE_SQL, (handout,)).rowcount
 
-        return await self.db.run(op, durable=False)
+        return await self.db.run(op, durable=False, one_statement=True)
 
 
 def _record_leases(leases: Sequence[tuple[int, str]], worker: str) -> Callable[[sqlite3.Connection], None]:

@@ -1,6 +1,6 @@
 """server.db: the writer thread on a real SQLite file: group commits (bounded in count and bytes),
-per-operation rollback, the hook that runs before a durable commit, and the write-ahead log kept
-bounded by checkpoints."""
+per-operation rollback (by a savepoint, or by SQLite itself for a one-statement operation), the
+hook that runs before a durable commit, and the write-ahead log kept bounded by checkpoints."""
 
 from __future__ import annotations
 
@@ -93,6 +93,56 @@ async def test_an_operation_that_raises_rolls_back_only_itself(tmp_path):
         records, _ = await store.open_jobs()
         assert [j.nonce for j in records] == ["aaaaaa", "bbbbbb"]
         assert store.get(a).nonce == "aaaaaa" and store.get(b).nonce == "bbbbbb"
+
+
+@aio
+async def test_a_one_statement_operation_that_fails_rolls_back_only_itself_without_a_savepoint(tmp_path):
+    async with opened_store(tmp_path / "jobs.db") as store:
+        gate = Gate()
+
+        def duplicate_seq(conn: sqlite3.Connection) -> None:  # one statement, refused by SQLite itself
+            conn.execute(
+                "INSERT INTO jobs (seq, nonce, iterations, size, state, enqueued_at) VALUES (1, 'dup', 1, 0, 0, 0)"
+            )
+
+        blocker = asyncio.ensure_future(store.db.run(gate))
+        await wait_in_thread(gate.entered)
+        before = asyncio.ensure_future(store.insert("aaaaaa", 1, b"x", 1.0))  # seq 1, one statement too
+        failing = asyncio.ensure_future(store.db.run(duplicate_seq, one_statement=True))
+        after = asyncio.ensure_future(store.insert("bbbbbb", 1, b"x", 1.0))
+        await asyncio.sleep(0)
+        gate.open()
+        await blocker
+        await asyncio.gather(before, after)
+        with pytest.raises(StoreError, match="UNIQUE constraint"):
+            await failing
+        assert committed_count(store) == 2
+
+
+@aio
+async def test_when_sqlite_rolls_the_whole_transaction_back_no_operation_of_the_batch_is_acknowledged(tmp_path):
+    """As SQLite may on a full disk or an I/O error: what ran before in the batch is gone too, so
+    each operation of the batch fails, and none runs after it outside a transaction."""
+    async with opened_store(tmp_path / "jobs.db") as store:
+        gate = Gate()
+
+        def rolled_back(conn: sqlite3.Connection) -> None:
+            conn.execute("ROLLBACK")  # what SQLite does by itself on such errors
+            raise sqlite3.OperationalError("database or disk is full")
+
+        blocker = asyncio.ensure_future(store.db.run(gate))
+        await wait_in_thread(gate.entered)
+        before = asyncio.ensure_future(store.insert("aaaaaa", 1, b"x", 1.0))
+        failing = asyncio.ensure_future(store.db.run(rolled_back, one_statement=True))
+        after = asyncio.ensure_future(store.insert("bbbbbb", 1, b"x", 1.0))
+        await asyncio.sleep(0)
+        gate.open()
+        await blocker
+        results = await asyncio.gather(before, failing, after, return_exceptions=True)
+        assert [type(r) for r in results] == [StoreError, StoreError, StoreError]
+        assert committed_count(store) == 0
+        seq, _ = await store.insert("cccccc", 1, b"x", 1.0)  # the store goes on
+        assert committed_count(store) == 1 and store.get(seq).nonce == "cccccc"
 
 
 def wal_size(store: Store) -> int:

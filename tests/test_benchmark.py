@@ -16,6 +16,7 @@ from client.bench.cluster import Headline, RowResult
 from client.bench.drive import Bodies
 from client.bench.probes import FleetSampler, memory_kib
 from client.bench.profile import summarize
+from client.bench.rows import keep_logs_of_failure
 from client.benchmark import closing_table
 from client.localcluster import wait_for
 
@@ -78,6 +79,23 @@ def test_every_row_runs_and_cleans_up(tmp_path: Path) -> None:
     assert "headlines" in proc.stdout
     assert list(state.iterdir()) == []  # every state dir removed
     assert _processes_naming(str(state)) == []
+
+
+def test_a_failed_run_keeps_the_tails_of_the_cluster_logs_once() -> None:
+    class Cluster:
+        calls = 0
+
+        def logs(self) -> str:
+            self.calls += 1
+            return "--- s1 ---\nERROR the store failed"
+
+    row, cluster = RowResult("big", "title"), Cluster()
+    keep_logs_of_failure(row, {"ok": True}, cluster)
+    assert "logs_at_failure" not in row.figures and cluster.calls == 0
+    keep_logs_of_failure(row, {"ok": False}, cluster)
+    keep_logs_of_failure(row, {"ok": False}, cluster)  # the first failure's logs are the ones kept
+    assert cluster.calls == 1 and "ERROR the store failed" in row.figures["logs_at_failure"]
+    assert any("    ERROR the store failed" in line for line in row.lines)
 
 
 def test_closing_table_takes_medians_over_runs() -> None:

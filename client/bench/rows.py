@@ -13,6 +13,7 @@ import contextlib
 import os
 import shutil
 import statistics
+import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from client import loadgen
 from client.bench import drive, probes
 from client.bench.baseline import BaselinePair
 from client.bench.cluster import KIB, Headline, Options, RowResult, dynwork_cluster, maybe_profile, ratio, server_pids
+from client.localcluster import LocalCluster
 
 BIG = 256 * KIB
 MIXED = (16 * KIB, 256 * KIB)
@@ -48,6 +50,16 @@ def _drive(
     figures: dict[str, Any] = dict(drive.summary(report, bodies.total_bytes))
     figures["cpu_s"] = {role: round(after[role] - before[role], 2) for role in roles}
     return figures
+
+
+def keep_logs_of_failure(row: RowResult, run: dict[str, Any], cluster: LocalCluster) -> None:
+    """After the first failed run of a row, the tails of its servers' and workers' logs (WARNING
+    and up by default), printed and in the JSON: they go with the cluster's temporary directory."""
+    if run["ok"] or "logs_at_failure" in row.figures:
+        return
+    logs = cluster.logs()
+    row.figures["logs_at_failure"] = logs
+    row.lines.append("  logs at the failure:\n" + textwrap.indent(logs, "    "))
 
 
 def _roles(servers: list[int], workers: list[int] | None = None) -> dict[str, list[int]]:
@@ -128,6 +140,7 @@ def compare(
                     continue
                 with maybe_profile(opts, cluster, row.name, enabled=i == 0) as files:
                     dyn_runs.append(_drive(opts, cluster.urls, bodies, dyn_roles))
+                keep_logs_of_failure(row, dyn_runs[-1], cluster)
                 profiles += files
         rss = _rss_mb(server_pids(cluster))
     base, dyn = _combine(base_runs, bodies.total_bytes), _combine(dyn_runs, bodies.total_bytes)
@@ -293,6 +306,7 @@ def row_memory(opts: Options) -> RowResult:
         before = _rss_mb(pids)
         with maybe_profile(opts, cluster, row.name):
             dyn = _drive(opts, cluster.urls, bodies, _roles(list(pids.values())), pull=False)
+        keep_logs_of_failure(row, dyn, cluster)
         after = _rss_mb(pids)
         on_disk = _tree_bytes(cluster.base)
     row.ok = bool(dyn["ok"])

@@ -6,12 +6,16 @@ every row runs, reports every figure in --json, and leaves no process or state b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
+from client.bench.baseline import BaselinePair
 from client.bench.cluster import Headline, RowResult
 from client.bench.drive import Bodies
 from client.bench.probes import FleetSampler, memory_kib
@@ -69,6 +73,7 @@ def test_every_row_runs_and_cleans_up(tmp_path: Path) -> None:
         assert figures["disk_fsync_write_mb_per_s"] > 0
     assert run["stored"]["figures"]["dynwork"]["cpu_ms_per_job"]["workers"] > 0  # its jobs went through workers
     assert run["latency"]["headlines"]["p99_ms"]["value"] > 0
+    assert run["latency"]["figures"]["durable_baseline"]["p50_ms"] > 0  # the floor it is measured beside
     fleet = run["fleet"]["figures"]
     assert fleet["fleet_it_per_s"] > 0 and fleet["kernel"]["it_per_s"] > 0
     assert fleet["max_worker_processes"] >= 1
@@ -79,6 +84,16 @@ def test_every_row_runs_and_cleans_up(tmp_path: Path) -> None:
     assert "headlines" in proc.stdout
     assert list(state.iterdir()) == []  # every state dir removed
     assert _processes_naming(str(state)) == []
+
+
+def test_the_durable_baseline_commits_each_job_before_answering(tmp_path: Path) -> None:
+    with BaselinePair(durable=tmp_path) as pair:
+        request = urllib.request.Request(pair.urls[0] + "/enqueue?iterations=3", data=b"payload", method="PUT")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            work_id = json.loads(answer.read())["work_id"]
+        db = tmp_path / str(pair.ports[0]) / "baseline.sqlite3"
+        with contextlib.closing(sqlite3.connect(db)) as conn:  # a second connection sees only what is committed
+            assert conn.execute("SELECT work_id, iterations, body FROM jobs").fetchall() == [(work_id, 3, b"payload")]
 
 
 def test_a_failed_run_keeps_the_tails_of_the_cluster_logs_once() -> None:

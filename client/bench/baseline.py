@@ -9,16 +9,25 @@
 
 No disk, no workers, no peer. The benchmark starts two of them (`BaselinePair`), mirroring
 dynwork's two servers, and drives them with the same client, concurrency and alternation.
+
+With `--durable DIR` an enqueue is also inserted into a SQLite file in DIR (WAL,
+synchronous=FULL) and committed, in a thread, before it is answered: what one durable SQLite
+commit a job costs a server that does nothing else, on this machine. The latency row measures it
+beside the bare server (one job at a time, so it has no group commit: no throughput baseline).
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import functools
 import itertools
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Self
 
 from aiohttp import web
@@ -37,20 +46,49 @@ class Jobs:
         self.seq = 0
 
 
+class DurableLog:
+    """Each job inserted and committed with an fsync, in one thread, as dynwork's store does."""
+
+    def __init__(self, directory: Path) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="durable-log")
+        self._conn = self._pool.submit(self._open, directory / "baseline.sqlite3").result()
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE IF NOT EXISTS jobs (work_id TEXT PRIMARY KEY, iterations INTEGER, body BLOB)")
+        return conn
+
+    def _insert(self, work_id: str, iterations: int, body: bytes) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.execute("INSERT INTO jobs VALUES (?, ?, ?)", (work_id, iterations, body))
+        self._conn.execute("COMMIT")
+
+    async def insert(self, work_id: str, iterations: int, body: bytes) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._insert, work_id, iterations, body)
+
+
 JOBS = web.AppKey("jobs", Jobs)
 
 
-def make_app(name: str) -> web.Application:
-    """The baseline application; `name` prefixes its work ids as dynwork's server name does."""
+def make_app(name: str, durable: Path | None = None) -> web.Application:
+    """The baseline application; `name` prefixes its work ids as dynwork's server name does, and
+    with `durable` each enqueue is committed to a SQLite file there before it is answered."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[JOBS] = Jobs()
+    log = DurableLog(durable) if durable is not None else None
 
     async def enqueue(request: web.Request) -> web.Response:
         body = await request.read()
         jobs = request.app[JOBS]
         jobs.seq += 1
         work_id = f"{name}.{jobs.seq}.aaaaaa"
-        jobs.stored[work_id] = (int(request.query.get("iterations", "1")), body)
+        iterations = int(request.query.get("iterations", "1"))
+        if log is not None:
+            await log.insert(work_id, iterations, body)
+        jobs.stored[work_id] = (iterations, body)
         return web.json_response({"work_id": work_id})
 
     async def pull_completed(request: web.Request) -> web.Response:
@@ -80,9 +118,11 @@ def make_app(name: str) -> web.Application:
 
 
 class BaselinePair:
-    """Two baseline server processes on free loopback ports; a context manager that stops them."""
+    """Two baseline server processes on free loopback ports; a context manager that stops them.
+    With `durable`, each commits its enqueues to a SQLite file in that directory (DurableLog)."""
 
-    def __init__(self) -> None:
+    def __init__(self, durable: Path | None = None) -> None:
+        self.durable = durable
         self.ports = [free_port(), free_port()]
         while self.ports[1] == self.ports[0]:
             self.ports[1] = free_port()
@@ -100,6 +140,8 @@ class BaselinePair:
         try:
             for port in self.ports:
                 argv = [sys.executable, "-m", "client.bench.baseline", str(port)]
+                if self.durable is not None:
+                    argv += ["--durable", str(self.durable / str(port))]
                 self.procs.append(subprocess.Popen(argv, cwd=ROOT))
             for url in self.urls:
                 wait_for(functools.partial(get_json, url + "/healthz"), 30, f"the baseline server {url}")
@@ -114,11 +156,14 @@ class BaselinePair:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1 or not args[0].isdigit():
-        print("usage: python -m client.bench.baseline PORT", file=sys.stderr)
+    if len(args) not in (1, 3) or not args[0].isdigit() or (len(args) == 3 and args[1] != "--durable"):
+        print("usage: python -m client.bench.baseline PORT [--durable DIR]", file=sys.stderr)
         return 2
     port = int(args[0])
-    web.run_app(make_app(f"b{port}"), host="127.0.0.1", port=port, print=None, access_log=None)
+    durable = Path(args[2]) if len(args) == 3 else None
+    if durable is not None:
+        durable.mkdir(parents=True, exist_ok=True)
+    web.run_app(make_app(f"b{port}", durable), host="127.0.0.1", port=port, print=None, access_log=None)
     return 0
 
 

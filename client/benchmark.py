@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import platform
 import signal
 import statistics
 import sys
@@ -51,6 +52,7 @@ from client.bench.fleet import row_fleet, row_native
 from client.bench.metrics_cost import row_metrics
 from client.bench.rows import row_big, row_latency, row_memory, row_mixed, row_small, row_stored
 from client.localcluster import LocalClusterError
+from server.config import ServerSettings
 
 ROWS: dict[str, Callable[[Options], RowResult]] = {
     "big": row_big,
@@ -165,16 +167,23 @@ def _interrupted(signum: int, _: object) -> None:
 
 
 def _on_arrival(opts: Options) -> str:
-    return "as by default" if opts.hash_on_arrival is None else str(opts.hash_on_arrival)
+    if opts.hash_on_arrival is not None:
+        return str(opts.hash_on_arrival)
+    return f"{ServerSettings.__dataclass_fields__['hash_on_arrival'].default} (the default)"
 
 
 def main(argv: list[str] | None = None) -> int:
     args, opts = parse(argv)
     signal.signal(signal.SIGTERM, _interrupted)
-    machine = {"cores": probes.cores(), "backend": native.backend(), "lanes": native.lanes()}
+    machine = {
+        "cores": probes.cores(),
+        "backend": native.backend(),
+        "lanes": native.lanes(),
+        "python": f"{platform.python_version()} from {sys.base_prefix}",  # builds differ in speed (README)
+    }
     print(
         f"dynwork benchmark: rows {','.join(args.rows)}, {args.runs} run(s), {machine['cores']} cores, "
-        f"native {machine['backend']} ({machine['lanes']} lanes)\n"
+        f"native {machine['backend']} ({machine['lanes']} lanes), python {machine['python']}\n"
         "baseline: 2 bare aiohttp processes (PUT /enqueue into a dict, POST /pullCompleted pops; no disk, "
         f"no workers), the same raw keep-alive client, concurrency {opts.concurrency}, jobs alternating servers\n"
         f"dynwork servers: --hash-on-arrival {_on_arrival(opts)} (jobs costing at most that are hashed by the "

@@ -4,12 +4,16 @@ Rows (all by default; `--rows` picks some):
 
   big      256 KB bodies, 1 iteration: enqueue jobs/s and MB/s and end to end jobs/s, dynwork and
            the baseline, and the machine's fsync'd sequential write MB/s beside the enqueue MB/s
+  stored   the big row's jobs with --hash-on-arrival 0: every body stored and hashed by a worker
   mixed    16-256 KB bodies (uniform, fixed seed), end to end
   small    64-byte bodies, end to end
-  latency  warm 1-iteration latency, enqueue -> GET /work/{id}?wait=5 one job at a time
+  latency  warm 1-iteration latency, enqueue -> GET /work/{id}?wait=5 one job at a time, beside
+           the baseline and the baseline committing each enqueue to SQLite with an fsync (the floor
+           that durability sets on this machine)
   fleet    local fleet hashing (autoscaled workers as `make up` runs them) against the kernel
            on every core
   memory   both servers' RSS with a backlog of --memory-jobs 256 KB jobs and no workers
+  metrics  jobs/s and server CPU with metrics on against --no-metrics
   native   the native kernels against the hashlib loop (python -m client.bench_native)
 
 The baseline (client/bench/baseline.py) is two bare aiohttp processes, mirroring dynwork's two

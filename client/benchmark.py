@@ -56,7 +56,7 @@ from client.bench.fleet import row_fleet, row_native
 from client.bench.metrics_cost import row_metrics
 from client.bench.rows import row_big, row_latency, row_memory, row_mixed, row_small, row_stored
 from client.localcluster import LocalClusterError
-from server.config import ServerSettings
+from common.cost import ON_LOOP_MAX_COMPRESSIONS
 
 ROWS: dict[str, Callable[[Options], RowResult]] = {
     "big": row_big,
@@ -170,10 +170,11 @@ def _interrupted(signum: int, _: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")  # unwinds every `with`: servers stopped, state removed
 
 
-def _on_arrival(opts: Options) -> str:
+def describe_hash_on_arrival(opts: Options) -> str:
+    """The servers' --hash-on-arrival as the header prints it."""
     if opts.hash_on_arrival is not None:
         return str(opts.hash_on_arrival)
-    return f"{ServerSettings.__dataclass_fields__['hash_on_arrival'].default} (the default)"
+    return f"{ON_LOOP_MAX_COMPRESSIONS} (the servers' default)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         f"native {machine['backend']} ({machine['lanes']} lanes), python {machine['python']}\n"
         "baseline: 2 bare aiohttp processes (PUT /enqueue into a dict, POST /pullCompleted pops; no disk, "
         f"no workers), the same raw keep-alive client, concurrency {opts.concurrency}, jobs alternating servers\n"
-        f"dynwork servers: --hash-on-arrival {_on_arrival(opts)} (jobs costing at most that are hashed by the "
-        "server that accepts them, the others go through a worker)"
+        f"dynwork servers: --hash-on-arrival {describe_hash_on_arrival(opts)} (jobs of at most that many iterations "
+        "are hashed by the server that accepts them, the others go through a worker)"
     )
     runs: list[dict[str, RowResult]] = []
     for i in range(args.runs):

@@ -7,6 +7,7 @@ every row runs, reports every figure in --json, and leaves no process or state b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import sqlite3
@@ -16,13 +17,14 @@ import urllib.request
 from pathlib import Path
 
 from client.bench.baseline import BaselinePair
-from client.bench.cluster import Headline, RowResult
+from client.bench.cluster import Headline, Options, RowResult
 from client.bench.drive import Bodies
 from client.bench.probes import FleetSampler, memory_kib
 from client.bench.profile import summarize
 from client.bench.rows import keep_logs_of_failure
-from client.benchmark import closing_table
+from client.benchmark import closing_table, describe_hash_on_arrival
 from client.localcluster import wait_for
+from server.config import ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -111,6 +113,12 @@ def test_a_failed_run_keeps_the_tails_of_the_cluster_logs_once() -> None:
     keep_logs_of_failure(row, {"ok": False}, cluster)  # the first failure's logs are the ones kept
     assert cluster.calls == 1 and "ERROR the store failed" in row.figures["logs_at_failure"]
     assert any("    ERROR the store failed" in line for line in row.lines)
+
+
+def test_the_header_names_the_servers_default_hash_on_arrival() -> None:
+    (field,) = [f for f in dataclasses.fields(ServerSettings) if f.name == "hash_on_arrival"]
+    assert describe_hash_on_arrival(Options()) == f"{field.default} (the servers' default)"
+    assert describe_hash_on_arrival(Options(hash_on_arrival=0)) == "0"
 
 
 def test_closing_table_takes_medians_over_runs() -> None:

@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import os
 import sqlite3
+from collections.abc import Coroutine
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,20 @@ def committed_count(store: Store) -> int:
     """Rows visible to a separate connection: what is committed, nothing in flight."""
     with sqlite3.connect(store.path) as conn:
         return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+
+async def in_one_batch(store: Store, *middle: Coroutine[Any, Any, Any]) -> list[asyncio.Future[Any]]:
+    """Queues an insert of 'aaaaaa', the `middle` operations, then an insert of 'bbbbbb' while the
+    writer is held at a gate, so all run in one batch in that order; their futures, once it ran."""
+    gate = Gate()
+    blocker = asyncio.ensure_future(store.db.run(gate))
+    await wait_in_thread(gate.entered)
+    ops = (store.insert("aaaaaa", 1, b"x", 1.0), *middle, store.insert("bbbbbb", 1, b"x", 1.0))
+    futures = [asyncio.ensure_future(op) for op in ops]
+    await asyncio.sleep(0)  # let every task queue its operation
+    gate.open()
+    await blocker
+    return futures
 
 
 @aio
@@ -67,7 +83,6 @@ async def test_a_group_commit_is_bounded_in_bytes(tmp_path, monkeypatch):
 @aio
 async def test_an_operation_that_raises_rolls_back_only_itself(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
-        gate = Gate()
 
         def insert_then_fail(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT INTO jobs (nonce, iterations, size, state, enqueued_at) VALUES ('zzzzzz', 1, 0, 0, 0)")
@@ -76,15 +91,9 @@ async def test_an_operation_that_raises_rolls_back_only_itself(tmp_path):
         def bad_sql(conn: sqlite3.Connection) -> None:
             conn.execute("INSERT INTO no_such_table VALUES (1)")
 
-        blocker = asyncio.ensure_future(store.db.run(gate))
-        await wait_in_thread(gate.entered)
-        before = asyncio.ensure_future(store.insert("aaaaaa", 1, b"x", 1.0))
-        failing = asyncio.ensure_future(store.db.run(insert_then_fail))
-        broken = asyncio.ensure_future(store.db.run(bad_sql))
-        after = asyncio.ensure_future(store.insert("bbbbbb", 1, b"x", 1.0))
-        await asyncio.sleep(0)
-        gate.open()
-        await blocker
+        before, failing, broken, after = await in_one_batch(
+            store, store.db.run(insert_then_fail), store.db.run(bad_sql)
+        )
         (a, _), (b, _) = await asyncio.gather(before, after)
         with pytest.raises(StoreError, match="ValueError: bad operation"):
             await failing
@@ -98,21 +107,14 @@ async def test_an_operation_that_raises_rolls_back_only_itself(tmp_path):
 @aio
 async def test_a_one_statement_operation_that_fails_rolls_back_only_itself_without_a_savepoint(tmp_path):
     async with opened_store(tmp_path / "jobs.db") as store:
-        gate = Gate()
 
         def duplicate_seq(conn: sqlite3.Connection) -> None:  # one statement, refused by SQLite itself
             conn.execute(
                 "INSERT INTO jobs (seq, nonce, iterations, size, state, enqueued_at) VALUES (1, 'dup', 1, 0, 0, 0)"
             )
 
-        blocker = asyncio.ensure_future(store.db.run(gate))
-        await wait_in_thread(gate.entered)
-        before = asyncio.ensure_future(store.insert("aaaaaa", 1, b"x", 1.0))  # seq 1, one statement too
-        failing = asyncio.ensure_future(store.db.run(duplicate_seq, one_statement=True))
-        after = asyncio.ensure_future(store.insert("bbbbbb", 1, b"x", 1.0))
-        await asyncio.sleep(0)
-        gate.open()
-        await blocker
+        # 'aaaaaa' takes seq 1 (an insert is one statement too)
+        before, failing, after = await in_one_batch(store, store.db.run(duplicate_seq, one_statement=True))
         await asyncio.gather(before, after)
         with pytest.raises(StoreError, match="UNIQUE constraint"):
             await failing
@@ -124,21 +126,13 @@ async def test_when_sqlite_rolls_the_whole_transaction_back_no_operation_of_the_
     """As SQLite may on a full disk or an I/O error: what ran before in the batch is gone too, so
     each operation of the batch fails, and none runs after it outside a transaction."""
     async with opened_store(tmp_path / "jobs.db") as store:
-        gate = Gate()
 
         def rolled_back(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")  # what SQLite does by itself on such errors
             raise sqlite3.OperationalError("database or disk is full")
 
-        blocker = asyncio.ensure_future(store.db.run(gate))
-        await wait_in_thread(gate.entered)
-        before = asyncio.ensure_future(store.insert("aaaaaa", 1, b"x", 1.0))
-        failing = asyncio.ensure_future(store.db.run(rolled_back, one_statement=True))
-        after = asyncio.ensure_future(store.insert("bbbbbb", 1, b"x", 1.0))
-        await asyncio.sleep(0)
-        gate.open()
-        await blocker
-        results = await asyncio.gather(before, failing, after, return_exceptions=True)
+        batch = await in_one_batch(store, store.db.run(rolled_back, one_statement=True))
+        results = await asyncio.gather(*batch, return_exceptions=True)
         assert [type(r) for r in results] == [StoreError, StoreError, StoreError]
         assert committed_count(store) == 0
         seq, _ = await store.insert("cccccc", 1, b"x", 1.0)  # the store goes on

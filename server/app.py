@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
+from common.malloc import keep_freed_body_memory
 from server import api, internal
 from server.auth import auth_middleware
 from server.config import ServerSettings
@@ -52,6 +53,7 @@ async def serve(settings: ServerSettings, token: str, ready: Callable[[], None] 
     await node.start()
     app = build_app(node)
     raise_fd_limit(settings.max_connections)
+    keep_freed_body_memory()
     runner = GuardedAppRunner(
         app, app[CONNECTIONS], handle_signals=False, access_log=None, keepalive_timeout=settings.keepalive_s
     )

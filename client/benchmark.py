@@ -9,7 +9,8 @@ Rows (all by default; `--rows` picks some):
   small    64-byte bodies, end to end
   latency  warm 1-iteration latency, enqueue -> GET /work/{id}?wait=5 one job at a time, beside
            the baseline and the baseline committing each enqueue to SQLite with an fsync (the floor
-           that a durable SQLite store sets on this machine)
+           that a durable SQLite store sets on this machine); and the PUT alone, whose answer
+           carries the result of a job hashed on arrival
   fleet    local fleet hashing (autoscaled workers as `make up` runs them) against the kernel
            on every core
   memory   both servers' RSS with a backlog of --memory-jobs 256 KB jobs and no workers

@@ -37,8 +37,11 @@ PAGE_HEADERS = {
 async def enqueue(request: web.Request) -> web.Response:
     service = request.app[SERVICE]
     iterations = int_param(request, "iterations", 1, service.settings.max_iterations)
-    work_id = await service.enqueue(iterations, RequestUpload(request))
-    return json_response({"work_id": str(work_id)})
+    accepted = await service.enqueue(iterations, RequestUpload(request))
+    if accepted.result is None:
+        return json_response({"work_id": str(accepted.work_id), "status": "queued"})
+    # Hashed on arrival: the result now saves the client a GET /work (pullCompleted still hands it out).
+    return json_response({"work_id": str(accepted.work_id), "status": "completed", "result": accepted.result.hex()})
 
 
 async def pull_completed(request: web.Request) -> web.StreamResponse:

@@ -149,16 +149,16 @@ class Scheduler:
         self._wake_leasers()
         return job
 
-    async def enqueue_done(self, body: bytes, iterations: int) -> Job:
+    async def enqueue_done(self, body: bytes, iterations: int) -> tuple[Job, bytes]:
         """Hash a job on arrival and store it finished, with its result and without its body (see
-        Service.enqueue). It never enters the queue."""
+        Service.enqueue); the job and its result. It never enters the queue."""
         nonce = new_nonce()
         enqueued_at = self.clock.wall()
         result = await self.hasher.chain(body, iterations)
         seq = await self.store.insert_completed(nonce, iterations, len(body), result, enqueued_at)
         now = self.clock.mono()
         self._finish_times.append(now)
-        return Job(seq, nonce, iterations, len(body), enqueued_at, enqueued_mono=now)
+        return Job(seq, nonce, iterations, len(body), enqueued_at, enqueued_mono=now), result
 
     # -- leases ----------------------------------------------------------------------------
     def _take(self, worker: str, max_jobs: int) -> list[Lease]:

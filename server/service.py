@@ -52,6 +52,14 @@ class Upload(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
+class Accepted:
+    """An enqueue's answer: the job's id, and its result when it was hashed on arrival."""
+
+    work_id: WorkId
+    result: bytes | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class LeasedJob:
     work_id: WorkId
     lease_id: str
@@ -108,18 +116,19 @@ class Service:
         self.waiting = 0  # clients long-polling GET /work
 
     # -- the public API --------------------------------------------------------------------
-    async def enqueue(self, iterations: int, upload: Upload) -> WorkId:
+    async def enqueue(self, iterations: int, upload: Upload) -> Accepted:
         """Store the job durably, then queue it; or, for a job of few iterations, hash it here and
-        store it finished, without its body. Either way the id is returned once it is on disk."""
+        store it finished, without its body, and answer with its result too. Either way the answer
+        comes once the job is on disk."""
         started = time.perf_counter()
         limit = self.settings.max_body_bytes
         if upload.content_length is not None and upload.content_length > limit:
             raise TooLarge(f"body of {upload.content_length} bytes exceeds the limit of {limit} bytes")
         if self.closing:
             raise Unavailable("server is shutting down; use the other server", retry_after_s=1, reason="closing")
-        on_arrival = self.hashed_on_arrival(iterations)
-        if on_arrival:  # never queued, so a full queue does not refuse it
-            job = await self.scheduler.enqueue_done(await upload.read(limit), iterations)
+        result = None
+        if self.hashed_on_arrival(iterations):  # never queued, so a full queue does not refuse it
+            job, result = await self.scheduler.enqueue_done(await upload.read(limit), iterations)
         else:
             # Uploads in flight count against the queue limit, so concurrent ones cannot overshoot it.
             if len(self.scheduler.queued) + self.uploading >= self.settings.max_queued:
@@ -135,9 +144,9 @@ class Service:
             finally:
                 self.uploading -= 1
         self.events.enqueued(job, time.perf_counter() - started)
-        if on_arrival:
+        if result is not None:
             self.events.finished(job, None, None, None)
-        return job.work_id(self.name)
+        return Accepted(job.work_id(self.name), result)
 
     def hashed_on_arrival(self, iterations: int) -> bool:
         """Whether a job is hashed by the server that accepts it (README, hashing on arrival):

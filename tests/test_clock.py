@@ -104,9 +104,9 @@ def test_wall_clock_steps_expire_reap_drop_and_launch_nothing(tmp_path):
         await node.start()
         try:
             service = node.service
-            done = await service.enqueue(1, Body(b"finished"))
-            running = await service.enqueue(1, Body(b"running"))
-            waiting = await service.enqueue(1, Body(b"waiting"))
+            done = (await service.enqueue(1, Body(b"finished"))).work_id
+            running = (await service.enqueue(1, Body(b"running"))).work_id
+            waiting = (await service.enqueue(1, Body(b"waiting"))).work_id
             grants: list[LeaseGrant] = []
 
             async def deliver(grant: LeaseGrant) -> None:

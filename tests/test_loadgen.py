@@ -56,8 +56,17 @@ def test_latency_run_one_job_at_a_time(cluster, client):
     assert report.error is None and report.ok
     assert report.completed == 5 and len(report.latencies_s) == 5
     assert all(0 < e <= total for e, total in zip(report.enqueue_latencies_s, report.latencies_s, strict=True))
+    assert report.answered_latencies_s == []  # each went to a worker (this cluster hashes nothing on arrival)
     # Latency mode leaves the results for pullCompleted: 6 jobs including the warm-up.
     assert len(cluster.a.pull(1000)) == 6
+
+
+def test_latency_run_takes_the_result_from_the_ack_of_a_job_hashed_on_arrival(make_cluster):
+    c = make_cluster(launcher="none", hash_on_arrival=512)  # the servers' default; no worker at all
+    cfg = BenchConfig(servers=urls(c), jobs=4, warmup=1, verify=True, timeout_s=120)
+    report = asyncio.run(loadgen.run(cfg, latency=True))
+    assert report.ok and report.wrong == 0
+    assert report.answered_latencies_s == report.enqueue_latencies_s and len(report.answered_latencies_s) == 4
 
 
 @pytest.mark.parametrize("client", loadgen.CLIENTS)

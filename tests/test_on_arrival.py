@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 
 from server.config import ServerSettings
-from tests.cluster import reference
+from tests.cluster import http, reference
 
 DEFAULT = ServerSettings().hash_on_arrival
 
@@ -29,6 +29,17 @@ def test_cheap_jobs_are_done_without_a_worker_and_dear_ones_wait_for_one(make_cl
     assert c.a.status()["queued"] == 1
     pulled = c.b.pull(100)  # b hands out a's results too
     assert sorted(item["work_id"] for item in pulled) == sorted(cheap)
+
+
+def test_the_enqueue_answer_carries_the_result_of_a_job_hashed_on_arrival(make_cluster):
+    c = make_cluster(launcher="none", hash_on_arrival=DEFAULT)
+    body = os.urandom(100_000)
+    cheap = http("PUT", f"{c.a.url}/enqueue?iterations=3", data=body).json()
+    assert (cheap["status"], cheap["result"]) == ("completed", reference(body, 3))
+    assert c.a.work(cheap["work_id"]).json()["result"] == cheap["result"]
+    dear = http("PUT", f"{c.a.url}/enqueue?iterations={DEFAULT + 1}", data=body).json()
+    assert dear["status"] == "queued" and "result" not in dear
+    assert [item["result"] for item in c.a.pull(10)] == [cheap["result"]]  # still handed out, once
 
 
 def test_a_job_hashed_on_arrival_survives_a_kill_9_right_after_its_id_is_returned(make_cluster):
@@ -61,6 +72,7 @@ def test_a_chunked_body_is_hashed_as_it_streams_in_and_one_too_large_is_refused_
     chunks = [os.urandom(n) for n in (1, 127, 128, 65_536, 100_000, 33_000, 1)]  # 198,793 bytes
     status, answer = _put_chunked(c.a.url, chunks, 7)
     assert status == 200
+    assert (answer["status"], answer["result"]) == ("completed", reference(b"".join(chunks), 7))
     done = c.a.work(answer["work_id"]).json()
     assert (done["status"], done["result"]) == ("completed", reference(b"".join(chunks), 7))
     status, answer = _put_chunked(c.a.url, [os.urandom(100_000)] * 4, 1)  # 400,000 bytes

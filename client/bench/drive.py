@@ -70,7 +70,7 @@ class _Feed:
                 return
             body = self.bodies(index)
             sent = time.perf_counter()
-            _, work_id = await self.enqueuer.put(index, body)
+            work_id = (await self.enqueuer.put(index, body)).work_id
             at = time.perf_counter()
             latencies.append(at - sent)
             self.acked += 1

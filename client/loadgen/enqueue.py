@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from common.http import HttpClient, Refused, Unavailable, backoff_s
 
@@ -26,6 +27,15 @@ class JobRefused(BenchError):
     kind = "refused"
 
 
+class Ack(NamedTuple):
+    """An enqueue's answer: which server stored the job, its id, and its result when the server
+    hashed it on arrival (hex; None: it went to the fleet)."""
+
+    server: int
+    work_id: str
+    result: str | None
+
+
 class Enqueuer:
     """PUT /enqueue to the server a job's index points at. One that cannot be connected to is
     skipped for the next; 429/503 (queue full) is retried on the same server after Retry-After
@@ -37,8 +47,8 @@ class Enqueuer:
         self.target = f"/enqueue?iterations={iterations}"
         self.retries = 0
 
-    async def put(self, index: int, body: bytes) -> tuple[int, str]:
-        """(server index, work id) of the body stored by the server `index` points at, or the next one."""
+    async def put(self, index: int, body: bytes) -> Ack:
+        """The answer for the body stored by the server `index` points at, or the next one."""
         failures: list[str] = []
         n = len(self.clients)
         skipped = busy = 0
@@ -46,10 +56,11 @@ class Enqueuer:
             client = self.clients[(index + skipped) % n]
             try:
                 answer = await client.call("PUT", self.target, body=body, idempotent=False)
-                work_id = answer.json_object().get("work_id")
+                item = answer.json_object()
+                work_id, result = item.get("work_id"), item.get("result")
                 if not isinstance(work_id, str):
                     raise Unavailable("no work_id in the answer", url=answer.url, status=answer.status)
-                return (index + skipped) % n, work_id
+                return Ack((index + skipped) % n, work_id, result if isinstance(result, str) else None)
             except Refused as exc:
                 raise JobRefused(f"{client.base_url} refused a job: {exc.reason}") from None
             except Unavailable as exc:

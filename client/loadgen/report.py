@@ -35,6 +35,8 @@ class BenchReport:
     enqueue_retries: int = 0  # 503 answers (queue full) that were retried
     latencies_s: list[float] = dataclasses.field(default_factory=list, repr=False)
     enqueue_latencies_s: list[float] = dataclasses.field(default_factory=list, repr=False)  # PUT sent -> ack
+    # latency mode, PUT sent -> an ack that carried the result (the job was hashed on arrival)
+    answered_latencies_s: list[float] = dataclasses.field(default_factory=list, repr=False)
     error: str | None = None  # why the bench stopped early
     error_kind: str | None = None  # timeout, or a BenchError's kind: lost, unreachable, refused
 
@@ -70,6 +72,8 @@ class BenchReport:
             "jobs_per_s": round(self.jobs_per_s, 1),
             "latency_ms": _json_summary(self.latencies_s),
             "enqueue_latency_ms": _json_summary(self.enqueue_latencies_s),
+            "answered_latency_ms": _json_summary(self.answered_latencies_s),
+            "answered_with_result": len(self.answered_latencies_s),
             "complete": self.complete,
             "ok": self.ok,
             "error": self.error,
@@ -106,6 +110,9 @@ class BenchReport:
                 "  latency     enqueue -> finished: " + _format_latency(lat),
                 "  of which    PUT -> ack:          " + enqueue_lat,
             ]
+            if self.answered_latencies_s:  # jobs hashed on arrival: the ack itself carried the result
+                answered = _format_latency(latency_summary(self.answered_latencies_s))
+                lines.append(f"  result      in the PUT's ack:    {answered} ({len(self.answered_latencies_s)} jobs)")
         tail = f"  failed {self.failed}"
         if cfg.verify:
             tail += f", wrong {self.wrong}"

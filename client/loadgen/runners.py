@@ -67,7 +67,7 @@ async def _enqueue_loop(
             return
         body = os.urandom(cfg.body_bytes)
         sent = time.perf_counter()
-        _, work_id = await enqueuer.put(index, body)
+        work_id = (await enqueuer.put(index, body)).work_id
         acked = time.perf_counter()
         tracker.report.enqueue_latencies_s.append(acked - sent)
         tracker.ack(work_id, acked, body if cfg.verify else None)
@@ -141,9 +141,9 @@ async def run_latency(cfg: BenchConfig) -> BenchReport:
                 for index in range(cfg.warmup + cfg.jobs):
                     body = os.urandom(cfg.body_bytes)
                     t0 = time.perf_counter()
-                    server, work_id = await enqueuer.put(index, body)
+                    ack = await enqueuer.put(index, body)
                     acked = time.perf_counter()
-                    item = await _wait_finished(clients[server], work_id)
+                    item = await _wait_finished(clients[ack.server], ack.work_id)
                     t1 = time.perf_counter()
                     if index < cfg.warmup:
                         start = t1
@@ -151,10 +151,13 @@ async def run_latency(cfg: BenchConfig) -> BenchReport:
                     report.completed += 1
                     report.latencies_s.append(t1 - t0)
                     report.enqueue_latencies_s.append(acked - t0)
+                    if ack.result is not None:  # hashed on arrival: the answer already had it
+                        report.answered_latencies_s.append(acked - t0)
                     if item.get("result") is None:
                         report.failed += 1
-                    elif cfg.verify and item["result"] != reference_result(body, cfg.iterations):
-                        report.wrong += 1
+                    else:  # the ack's result, where it had one, must be the job's too
+                        expected = reference_result(body, cfg.iterations) if cfg.verify else item["result"]
+                        report.wrong += item["result"] != expected or ack.result not in (None, item["result"])
         except TimeoutError:
             _timed_out(cfg, report)
         except BenchError as exc:

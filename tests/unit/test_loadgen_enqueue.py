@@ -21,7 +21,8 @@ async def put(urls: list[str], client: str, silent: str = "") -> tuple[tuple[int
     try:
         clients = [HttpClient(u, transport, timeout_s=0.3 if u == silent else cfg.http_timeout_s) for u in urls]
         enqueuer = Enqueuer(clients, 1)
-        return await enqueuer.put(0, b"body"), enqueuer
+        ack = await enqueuer.put(0, b"body")
+        return (ack.server, ack.work_id), enqueuer
     finally:
         await transport.close()
 

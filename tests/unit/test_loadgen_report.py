@@ -73,4 +73,7 @@ def test_latency_report_text():
     text = report.format()
     assert text.startswith("bench --latency: 2 jobs one at a time (+1 warm-up) x 3 iterations, 64-byte bodies")
     assert "enqueue -> finished: p50 15.00 ms" in text and "foreign" not in text
+    assert "in the PUT's ack" not in text  # no ack carried a result
     assert report.to_json()["concurrency"] == 1 and report.to_json()["wrong"] is None
+    report.answered_latencies_s = [0.002]
+    assert "in the PUT's ack:    p50 2.00 ms" in report.format() and report.to_json()["answered_with_result"] == 1

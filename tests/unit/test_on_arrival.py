@@ -18,10 +18,12 @@ from tests.unit.support import aio, opened_node
 
 
 @aio
-async def test_a_cheap_job_is_finished_when_its_id_is_returned_and_never_queued(tmp_path):
+async def test_a_cheap_job_is_finished_when_its_id_is_returned_with_its_result_and_never_queued(tmp_path):
     async with opened_node(tmp_path, hash_on_arrival=512) as node:
         service = node.service
-        work_id = await service.enqueue(3, Upload(b"payload"))
+        accepted = await service.enqueue(3, Upload(b"payload"))
+        assert accepted.result == chain(b"payload", 3)  # the answer carries it: no GET /work needed
+        work_id = accepted.work_id
         status = await service.work(str(work_id), 0, history=True)
         assert (status["status"], status["result"]) == ("completed", chain(b"payload", 3).hex())
         assert status["history"]["leases"] == [] and status["history"]["finished_at"] == status["enqueued_at"]
@@ -37,9 +39,10 @@ async def test_a_cheap_job_is_finished_when_its_id_is_returned_and_never_queued(
 async def test_the_known_answers_come_out_right_when_hashed_on_arrival(tmp_path):
     vectors = load_vectors()
     async with opened_node(tmp_path, hash_on_arrival=2 * 10**6) as node:  # every vector
-        ids = [await node.service.enqueue(iterations, Upload(body)) for body, iterations, _ in vectors]
-        for work_id, (_, _, expected) in zip(ids, vectors, strict=True):
-            status = await node.service.work(str(work_id), 0)
+        answers = [await node.service.enqueue(iterations, Upload(body)) for body, iterations, _ in vectors]
+        for accepted, (_, _, expected) in zip(answers, vectors, strict=True):
+            assert accepted.result == expected
+            status = await node.service.work(str(accepted.work_id), 0)
             assert (status["status"], status["result"]) == ("completed", expected.hex())
 
 
@@ -47,9 +50,11 @@ async def test_the_known_answers_come_out_right_when_hashed_on_arrival(tmp_path)
 async def test_the_threshold_counts_iterations_only_and_a_dearer_job_is_queued(tmp_path):
     big = os.urandom(300_000)  # thousands of 128-byte blocks: hashing them costs less than storing them
     async with opened_node(tmp_path, hash_on_arrival=10) as node:
-        at_limit = await node.service.enqueue(10, Upload(big))
+        at_limit = (await node.service.enqueue(10, Upload(big))).work_id
         dear = os.urandom(10_000)  # big enough for a segment file (server/store.py, INLINE_BODY_BYTES)
-        over = await node.service.enqueue(11, Upload(dear))
+        queued = await node.service.enqueue(11, Upload(dear))
+        assert queued.result is None  # no result yet to answer with
+        over = queued.work_id
         status = await node.service.work(str(at_limit), 0)
         assert (status["status"], status["result"]) == ("completed", chain(big, 10).hex())
         assert (await node.service.work(str(over), 0))["status"] == "queued"
@@ -62,14 +67,14 @@ async def test_the_threshold_counts_iterations_only_and_a_dearer_job_is_queued(t
 @aio
 async def test_zero_sends_every_job_to_the_fleet(tmp_path):
     async with opened_node(tmp_path, hash_on_arrival=0) as node:
-        work_id = await node.service.enqueue(1, Upload(b""))
+        work_id = (await node.service.enqueue(1, Upload(b""))).work_id
         assert (await node.service.work(str(work_id), 0))["status"] == "queued"
 
 
 @aio
 async def test_a_result_hashed_on_arrival_survives_a_restart_and_is_pullable_once(tmp_path):
     async with opened_node(tmp_path, hash_on_arrival=512) as node:
-        work_id = await node.service.enqueue(2, Upload(b"kept"))
+        work_id = (await node.service.enqueue(2, Upload(b"kept"))).work_id
     # a new node on the same state dir (as after a restart) has the result, pullable once
     async with opened_node(tmp_path, hash_on_arrival=512) as node:
         status = await node.service.work(str(work_id), 0)
@@ -83,8 +88,8 @@ async def test_a_full_queue_still_takes_a_job_hashed_on_arrival_announced_or_not
     async with opened_node(tmp_path, hash_on_arrival=512, max_queued=1) as node:
         service = node.service
         await service.enqueue(10_000, Upload(b"dear"))  # the queue is full now
-        cheap = await service.enqueue(1, Upload(b"cheap"))
-        chunked = await service.enqueue(1, Upload(b"chunked", content_length=None))
+        cheap = (await service.enqueue(1, Upload(b"cheap"))).work_id
+        chunked = (await service.enqueue(1, Upload(b"chunked", content_length=None))).work_id
         assert (await service.work(str(cheap), 0))["result"] == chain(b"cheap", 1).hex()
         assert (await service.work(str(chunked), 0))["result"] == chain(b"chunked", 1).hex()
         with pytest.raises(Unavailable):
@@ -96,5 +101,5 @@ async def test_a_full_queue_still_takes_a_job_hashed_on_arrival_announced_or_not
 async def test_the_event_log_says_a_job_was_hashed_on_arrival(tmp_path, caplog):
     caplog.set_level("INFO", logger="dynwork.events")
     async with opened_node(tmp_path, hash_on_arrival=512) as node:
-        work_id = await node.service.enqueue(1, Upload(b"logged"))
+        work_id = (await node.service.enqueue(1, Upload(b"logged"))).work_id
     assert f"completed {work_id} by this server, on arrival" in caplog.messages

@@ -20,7 +20,7 @@ from tests.unit.support import aio, flush, opened_node
 async def test_a_job_goes_enqueue_lease_complete_pull(tmp_path):
     async with opened_node(tmp_path, lease_s=12.0) as node:
         service = node.service
-        work_id = await service.enqueue(5, Upload(b"payload"))
+        work_id = (await service.enqueue(5, Upload(b"payload"))).work_id
         assert (work_id.server, work_id.seq) == ("a", 1)
         grant = await lease(service)
         assert grant.lease_s == 12.0
@@ -87,7 +87,7 @@ async def test_lease_hands_out_at_most_the_servers_batch_maximum(tmp_path):
 @aio
 async def test_jobs_that_could_not_be_delivered_go_back_at_once(tmp_path, failure):
     async with opened_node(tmp_path) as node:
-        work_id = await node.service.enqueue(1, Upload(b"a"))
+        work_id = (await node.service.enqueue(1, Upload(b"a"))).work_id
 
         async def deliver(grant: LeaseGrant) -> None:
             assert grant.jobs
@@ -127,7 +127,7 @@ async def test_reports_naming_other_servers_or_malformed_ids_are_refused_whole(t
 async def test_reported_failures_retry_then_fail_with_a_bounded_error(tmp_path):
     async with opened_node(tmp_path, max_attempts=2) as node:
         service = node.service
-        work_id = await service.enqueue(1, Upload(b"a"))
+        work_id = (await service.enqueue(1, Upload(b"a"))).work_id
         first = await lease_one(service)
         assert await service.complete("w1", [], [result(first, "first")], None) == {"accepted": 0, "duplicates": 0}
         assert list(node.scheduler.queued) == [work_id.seq]
@@ -141,7 +141,7 @@ async def test_reported_failures_retry_then_fail_with_a_bounded_error(tmp_path):
 @aio
 async def test_work_not_found_for_bad_unknown_and_wrong_nonce_ids(tmp_path):
     async with opened_node(tmp_path) as node:
-        work_id = await node.service.enqueue(1, Upload(b"a"))
+        work_id = (await node.service.enqueue(1, Upload(b"a"))).work_id
         assert (await node.service.work(str(work_id), 0))["status"] == "queued"
         wrong_nonce = str(WorkId("a", work_id.seq, "zzzzzz" if work_id.nonce != "zzzzzz" else "yyyyyy"))
         huge = f"a.{2**63}.{work_id.nonce}"  # beyond SQLite's integers: no job, not an error
@@ -153,7 +153,7 @@ async def test_work_not_found_for_bad_unknown_and_wrong_nonce_ids(tmp_path):
 @aio
 async def test_work_long_polls_until_the_job_finishes(tmp_path):
     async with opened_node(tmp_path) as node:
-        work_id = await node.service.enqueue(1, Upload(b"a"))
+        work_id = (await node.service.enqueue(1, Upload(b"a"))).work_id
         waiting = asyncio.ensure_future(node.service.work(str(work_id), 60.0))
         job = await lease_one(node.service)
         assert not waiting.done()
@@ -165,7 +165,7 @@ async def test_work_long_polls_until_the_job_finishes(tmp_path):
 @aio
 async def test_work_of_a_peer_job_asks_the_peer(tmp_path):
     async with node_pair(tmp_path) as (a, b):
-        theirs = await b.service.enqueue(3, Upload(b"b-body"))
+        theirs = (await b.service.enqueue(3, Upload(b"b-body"))).work_id
         status = await a.service.work(str(theirs), 0)
         assert status == await b.service.work(str(theirs), 0)
         assert (status["work_id"], status["status"]) == (str(theirs), "queued")
@@ -183,7 +183,7 @@ async def test_pull_completed_merges_the_peers_results_newest_first(tmp_path):
         ours, theirs = [], []
         for node, made in ((a, ours), (b, theirs)):
             for _ in range(2):
-                made.append(await node.service.enqueue(1, Upload(b"x")))
+                made.append((await node.service.enqueue(1, Upload(b"x"))).work_id)
         # completed at: b's first 100, a's first 200, b's second 300, a's second 400
         for at, (node, work_id) in enumerate(((b, theirs[0]), (a, ours[0]), (b, theirs[1]), (a, ours[1])), 1):
             node.clock.wall_now = 100.0 * at

@@ -206,7 +206,7 @@ async def test_max_queued_is_exact_with_concurrent_uploads(tmp_path):
 async def test_client_long_polls_are_capped(tmp_path):
     async with opened_node(tmp_path, max_client_waits=2) as node:
         service = node.service
-        work_id = str(await service.enqueue(1, Upload(b"a")))
+        work_id = str((await service.enqueue(1, Upload(b"a"))).work_id)
         waiters = [asyncio.ensure_future(service.work(work_id, 60.0)) for _ in range(2)]
         await asyncio.sleep(0)
         assert service.waiting == 2

@@ -3,6 +3,7 @@
     async with DynworkClient(["http://127.0.0.1:8001", "http://127.0.0.1:8002"]) as dynwork:
         work_id = await dynwork.enqueue(b"data", iterations=1000)
         item = await dynwork.wait(work_id)          # {"work_id": ..., "status": "completed", "result": ...}
+        item = await dynwork.run(b"data", iterations=3)  # both; a job hashed on arrival in one round trip
 
 Every call follows common.http's one retry policy: a read moves on to the next server whenever one
 cannot answer; an enqueue or a pull (not idempotent) moves on only when the server certainly did
@@ -86,16 +87,27 @@ class DynworkClient:
 
     async def enqueue(self, body: bytes, iterations: int) -> str:
         """Store one job; returns its work id. Successive calls start at successive servers."""
+        return str((await self._put(body, iterations))["work_id"])
+
+    async def run(self, body: bytes, iterations: int, *, deadline: float | None = None) -> dict[str, Any]:
+        """enqueue, then wait: the job's final status. A job the server hashed on arrival comes back
+        in the enqueue's own answer ({"work_id", "status": "completed", "result"}), with no GET."""
+        answer = await self._put(body, iterations)
+        if answer.get("status") in FINISHED:
+            return answer
+        return await self.wait(str(answer["work_id"]), deadline=deadline)
+
+    async def _put(self, body: bytes, iterations: int) -> dict[str, Any]:
         first = self._next_enqueue
         self._next_enqueue = (first + 1) % len(self.servers)
         index, answer = await self._calls().call(
             "PUT", f"/enqueue?iterations={iterations}", body=body, first=first, idempotent=False, expect_json=True
         )
-        work_id = answer.json_object().get("work_id")
-        if not isinstance(work_id, str):
+        item = answer.json_object()
+        if not isinstance(item.get("work_id"), str):
             reason = "enqueue answer has no work_id"
             raise Unavailable(f"{self.servers[index]}: {reason}", url=answer.url, status=answer.status, reason=reason)
-        return work_id
+        return item
 
     async def get(self, work_id: str, *, wait_s: float = 0.0, history: bool = False) -> dict[str, Any]:
         """A job's status (and result once finished), from any server; with `wait_s` the server

@@ -5,11 +5,14 @@ right after its acknowledgement; a job of more iterations waits for the fleet.""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 
+from client.api import DynworkClient
 from server.config import ServerSettings
 from tests.cluster import http, reference
 
@@ -40,6 +43,15 @@ def test_the_enqueue_answer_carries_the_result_of_a_job_hashed_on_arrival(make_c
     dear = http("PUT", f"{c.a.url}/enqueue?iterations={DEFAULT + 1}", data=body).json()
     assert dear["status"] == "queued" and "result" not in dear
     assert [item["result"] for item in c.a.pull(10)] == [cheap["result"]]  # still handed out, once
+
+    async def run_both() -> list[dict]:
+        async with DynworkClient([c.a.url, c.b.url]) as dynwork:
+            soon = time.monotonic() + 0.5
+            return [await dynwork.run(body, 2), await dynwork.run(body, DEFAULT + 1, deadline=soon)]
+
+    done, waiting = asyncio.run(run_both())
+    assert (done["status"], done["result"]) == ("completed", reference(body, 2))
+    assert waiting["status"] == "queued"  # no worker here: still waiting at the deadline
 
 
 def test_a_job_hashed_on_arrival_survives_a_kill_9_right_after_its_id_is_returned(make_cluster):

@@ -82,6 +82,16 @@ async def test_wait_long_polls_until_finished_and_rides_out_a_restart():
 
 
 @aio
+async def test_run_takes_a_result_from_the_enqueue_answer_and_waits_for_the_others():
+    async with serving(Reply(200, DONE)) as server, DynworkClient([server.url]) as dynwork:
+        assert await dynwork.run(b"x", 1) == DONE  # hashed on arrival: the answer had it
+    assert [h.path_qs for h in server.hits] == ["/enqueue?iterations=1"]  # no GET /work
+    async with serving(Reply(200, QUEUED), Reply(200, DONE)) as server, DynworkClient([server.url]) as dynwork:
+        assert await dynwork.run(b"x", 1000) == DONE
+    assert [h.path_qs for h in server.hits] == ["/enqueue?iterations=1000", "/work/s1.1.abcdef?wait=10"]
+
+
+@aio
 async def test_wait_returns_the_latest_status_at_its_deadline_and_gives_up_on_dead_servers():
     async with serving(Reply(200, QUEUED)) as server, DynworkClient([server.url]) as dynwork:
         assert await dynwork.wait("s1.1.abcdef", deadline=time.monotonic() + 0.2) == QUEUED

@@ -12,6 +12,7 @@ from server import openapi
 from server.auth import operator_allowed, unauthorized
 from server.dashboard import Dashboard, asset
 from server.errors import NotFound
+from server.jobs import State
 from server.metrics import CONTENT_TYPE, Metrics
 from server.service import Service
 from server.timeline import CURSOR_RE
@@ -39,9 +40,10 @@ async def enqueue(request: web.Request) -> web.Response:
     iterations = int_param(request, "iterations", 1, service.settings.max_iterations)
     accepted = await service.enqueue(iterations, RequestUpload(request))
     if accepted.result is None:
-        return json_response({"work_id": str(accepted.work_id), "status": "queued"})
+        return json_response({"work_id": str(accepted.work_id), "status": State.QUEUED.label})
     # Hashed on arrival: the result now saves the client a GET /work (pullCompleted still hands it out).
-    return json_response({"work_id": str(accepted.work_id), "status": "completed", "result": accepted.result.hex()})
+    answer = {"work_id": str(accepted.work_id), "status": State.COMPLETED.label, "result": accepted.result.hex()}
+    return json_response(answer)
 
 
 async def pull_completed(request: web.Request) -> web.StreamResponse:

@@ -344,14 +344,19 @@ class Store:
     async def collect_bodies(self) -> int:
         """Delete the body segments no unfinished job points into any more; how many.
 
-        Decided in the writer thread by a durable commit, among segments older than the one being
-        appended to, so the finishes that emptied them are durable and no new body can enter them."""
+        Decided in the writer thread, among segments older than the one being appended to, which
+        no new body can enter. The finishes that emptied them may be relaxed commits, not yet on
+        the disk, and this commit writes nothing, so syncs nothing: the log is synced first, or a
+        power loss could bring back unfinished jobs whose bodies are gone."""
 
         def op(conn: sqlite3.Connection) -> list[int]:
             rows = conn.execute(f"SELECT DISTINCT seg FROM jobs WHERE state < {DONE} AND seg IS NOT NULL").fetchall()
             in_use = {row[0] for row in rows}
             current = self.bodies.current
-            return [s for s in self.bodies.segments() if s < current and s not in in_use]
+            unused = [s for s in self.bodies.segments() if s < current and s not in in_use]
+            if unused:
+                self.db.sync_log()
+            return unused
 
         unused = await self.db.run(op)
         self.bodies.delete(unused)

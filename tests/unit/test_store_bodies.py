@@ -138,6 +138,24 @@ async def test_a_segment_is_deleted_once_every_job_in_it_has_finished_never_the_
 
 
 @aio
+async def test_the_log_is_synced_before_a_segment_emptied_by_relaxed_finishes_is_deleted(tmp_path, monkeypatch):
+    """A finish is a relaxed commit (no fsync) and the collector's commit writes nothing: without a
+    sync of the log, a power loss could bring the job back unfinished with its body gone."""
+    monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", BIG)  # one body a segment
+    async with opened_store(tmp_path / "jobs.db") as store:
+        (j0, (s1, _)), _ = [await store.insert(f"n{i}aaaa", 1, os.urandom(BIG), 1.0) for i in range(2)]
+        await store.finish([Outcome(j0, DIGEST)], "w", 2.0)
+        calls = record_fdatasyncs(monkeypatch, store)
+        real_delete = store.bodies.delete
+        monkeypatch.setattr(
+            store.bodies, "delete", lambda segments: calls.append(("delete", *segments)) or real_delete(segments)
+        )
+        assert await store.collect_bodies() == 1
+        assert calls == [("jobs.db-wal", 2), ("delete", s1)]
+        assert await store.collect_bodies() == 0 and calls[2:] == [("delete",)]  # nothing deleted: nothing synced
+
+
+@aio
 async def test_after_a_restart_bodies_are_read_from_their_segments_and_new_ones_go_to_a_new_segment(tmp_path):
     path = tmp_path / "jobs.db"
     bodies = {}

@@ -10,10 +10,20 @@ segments it wrote (when the commit is durable), and only then commits the rows t
 them, so a committed row never points at bytes a power loss could lose. Bytes appended by an
 operation that was then rolled back are garbage nobody points at.
 
-A segment is deleted once no unfinished job points into it: the store finds which in the writer
+A segment is retired once no unfinished job points into it: the store finds which in the writer
 thread, by a durable commit (so the finishes that emptied them cannot be undone by a power loss),
 among the segments older than the one being appended to, which no new body can enter; see
 Store.collect_bodies.
+
+A retired segment is recycled, as PostgreSQL recycles its WAL segments: up to SPARE_SEGMENTS of
+them are renamed `spare-<n>.dat` and a later segment is written over one from its start, the
+others are deleted. Writing over blocks the file system has already allocated (and whose pages
+are likely still cached) costs far less CPU than appending to a new file, where every write
+allocates blocks and pages and every fdatasync commits that allocation to the journal (on a disk
+mounted with discard, the deleted file's blocks must even be allocated again below it).
+A recycled file holds old bytes past what has been written into it this time: garbage that no
+row points at, as is anything after a failed write, since the next body is written at the same
+offset.
 """
 
 from __future__ import annotations
@@ -29,20 +39,24 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 256 << 20
+SPARE_SEGMENTS = 2  # retired segments kept to be written over: disk held while idle, SEGMENT_BYTES each
 _NAME = re.compile(r"seg-(\d+)\.dat")
+_SPARE = re.compile(r"spare-(\d+)\.dat")
 
 
 class Bodies:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        self._lock = threading.Lock()  # guards the read fds: the writer deletes, readers open
+        self._lock = threading.Lock()  # guards the read fds and the spares: the loop retires, readers open
         self.current = 0
         self._fd = -1  # append fd of the current segment (writer thread only)
         self._size = 0
         self._new_file = False
         self._unsynced: set[int] = set()  # segments written since the last sync (writer thread only)
         self._readers: dict[int, int] = {}  # read fds by segment
-        self._retired: list[int] = []  # read fds of deleted segments, closed at the next deletion
+        self._retired: list[int] = []  # read fds of retired segments, closed at the next retirement
+        self._spares: list[Path] = []  # retired segments nobody can read any more: to be written over
+        self._cooling: list[Path] = []  # retired segments whose read fds are still open: spares next time
 
     def path(self, segment: int) -> Path:
         return self.dir / f"seg-{segment:08d}.dat"
@@ -50,17 +64,27 @@ class Bodies:
     def segments(self) -> list[int]:
         return sorted(int(m.group(1)) for e in self.dir.iterdir() if (m := _NAME.fullmatch(e.name)))
 
+    def spares(self) -> list[Path]:
+        return sorted(e for e in self.dir.iterdir() if _SPARE.fullmatch(e.name))
+
     def open(self) -> None:
         """Start appending to a new segment after the newest one there is."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._spares = self.spares()  # left by an earlier run: nobody reads them
         self._start_segment(max(self.segments(), default=0) + 1)
 
     def _start_segment(self, segment: int) -> None:
         if self._fd >= 0:
             os.close(self._fd)
         self.current = segment
-        self._fd = os.open(self.path(segment), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._size = os.fstat(self._fd).st_size
+        path = self.path(segment)
+        with self._lock:
+            spare = self._spares.pop() if self._spares else None
+        if spare is not None:
+            with contextlib.suppress(OSError):  # then a new file it is
+                os.rename(spare, path)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        self._size = 0  # a new segment number: never appended after bytes a crash may have cut short
         self._new_file = True  # its directory entry must reach the disk before a row points into it
 
     def close(self) -> None:
@@ -75,20 +99,15 @@ class Bodies:
 
     # -- the writer thread -----------------------------------------------------------------
     def append(self, body: bytes) -> tuple[int, int]:
-        """Write a body at the end of the current segment; (segment, offset)."""
+        """Write a body after the last one in the current segment; (segment, offset). A write that
+        fails halfway (a full disk) leaves garbage that the next body is written over."""
         if self._size >= SEGMENT_BYTES:
             self._start_segment(self.current + 1)
         offset = self._size
         view = memoryview(body)
-        try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-        except OSError:
-            # A half-written body (a full disk) must not shift where the next ones land: cut it off.
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, offset)
-            raise
+        written = 0
+        while written < len(body):
+            written += os.pwrite(self._fd, view[written:], offset + written)
         self._size += len(body)
         self._unsynced.add(self.current)
         return self.current, offset
@@ -114,16 +133,26 @@ class Bodies:
                     os.close(fd)
         self._unsynced.clear()
 
-    def delete(self, segments: Iterable[int]) -> None:
-        """Delete segments nobody needs. Their read fds are closed only at the next deletion, so a
-        pread that raced with this one still reads from the (unlinked) file, never another fd."""
+    def retire(self, segments: Iterable[int]) -> None:
+        """Recycle or delete segments nobody needs (called periodically, with none too). Their read
+        fds are closed only at the next call, so a pread that raced with this one still reads from
+        the same file, never another fd; and only then may the file be written over."""
         segments = list(segments)
         with self._lock:
             for fd in self._retired:
                 os.close(fd)
             self._retired = [self._readers.pop(s) for s in segments if s in self._readers]
-        for segment in segments:
-            self.path(segment).unlink(missing_ok=True)
+            self._spares += self._cooling
+            self._cooling = []
+            for segment in segments:
+                path = self.path(segment)
+                if len(self._spares) + len(self._cooling) < SPARE_SEGMENTS:
+                    spare = self.dir / f"spare-{segment:08d}.dat"
+                    with contextlib.suppress(OSError):  # then it is deleted
+                        path.rename(spare)
+                        self._cooling.append(spare)
+                        continue
+                path.unlink(missing_ok=True)
 
     # -- readers (any thread) --------------------------------------------------------------
     def read(self, segment: int, offset: int, size: int) -> bytes:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 1.0
 TTL_SWEEP_INTERVAL_S = 60.0
-BODY_COLLECT_INTERVAL_S = 10.0
+BODY_COLLECT_INTERVAL_S = 1.0  # often, so a spare waits whenever the current segment fills (server/bodies.py)
 BACKOFF_MAX_S = 30.0
 FORGET_WORKERS_AFTER = 4  # registry entries of workers silent this many worker_dead_s are dropped
 
@@ -250,9 +250,9 @@ class Node:
         await self.revocations.save()
 
     async def _collect_bodies(self) -> None:
-        deleted = await self.store.collect_bodies()
-        if deleted:
-            log.info("deleted %d body segment(s) whose jobs have all finished", deleted)
+        retired = await self.store.collect_bodies()
+        if retired:
+            log.info("retired %d body segment(s) whose jobs have all finished", retired)
 
     async def _expire_results(self) -> None:
         removed = await self.store.expire_results(self.clock.steady_wall() - self.settings.result_ttl_s)

@@ -106,27 +106,93 @@ def test_a_reopened_directory_reads_the_old_segments_and_appends_to_a_new_one(tm
         again.close()
 
 
-def test_a_read_racing_a_delete_reads_the_unlinked_file_whose_fd_is_closed_at_the_next_delete(bodies, monkeypatch):
+@pytest.mark.parametrize("spares", [0, 2], ids=["deleted", "recycled"])
+def test_a_read_racing_a_retirement_reads_the_same_file_whose_fd_is_closed_at_the_next_one(bodies, monkeypatch, spares):
     monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 100)
+    monkeypatch.setattr(bodies_module, "SPARE_SEGMENTS", spares)
     body = os.urandom(100)
     where = bodies.append(body)  # fills segment 1
     bodies.append(b"x")  # segment 2 is the current one
     assert bodies.read(*where, 100) == body  # segment 1 has a read fd now
+    inode = bodies.path(1).stat().st_ino
     real_pread = os.pread
 
-    def delete_first(fd: int, size: int, offset: int) -> bytes:
-        """The collector deletes the segment between the reader's fd lookup and its pread."""
+    def retire_first(fd: int, size: int, offset: int) -> bytes:
+        """The collector retires the segment between the reader's fd lookup and its pread."""
         monkeypatch.setattr(os, "pread", real_pread)
-        bodies.delete([1])
+        bodies.retire([1])
         return real_pread(fd, size, offset)
 
-    monkeypatch.setattr(os, "pread", delete_first)
+    monkeypatch.setattr(os, "pread", retire_first)
     assert bodies.read(*where, 100) == body  # the fd was retired, not closed (nor reused)
-    assert not bodies.path(1).exists() and open_fds_to(bodies.path(1)) == 1
-    bodies.delete([])  # the next deletion closes it
-    assert open_fds_to(bodies.path(1)) == 0
+    assert not bodies.path(1).exists()
+    assert [os.stat(f"/proc/self/fd/{fd}").st_ino for fd in bodies._retired] == [inode]
+    assert [p.stat().st_ino for p in bodies.spares()] == ([inode] if spares else [])
+    bodies.retire([])  # the next retirement closes it
+    assert bodies._retired == []
     with pytest.raises(FileNotFoundError):
-        bodies.read(*where, 100)  # nobody may point into a deleted segment
+        bodies.read(*where, 100)  # nobody may point into a retired segment
+
+
+def test_retired_segments_beyond_spare_segments_are_deleted(bodies, monkeypatch):
+    monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 10)
+    for _ in range(4):
+        bodies.append(b"0123456789")  # segments 1 to 4, full
+    bodies.append(b"x")  # segment 5 is the current one
+    bodies.retire([1, 2, 3])
+    assert bodies.segments() == [4, 5]
+    assert [p.name for p in bodies.spares()] == ["spare-00000001.dat", "spare-00000002.dat"]
+    bodies.retire([4])  # the spares are full
+    assert bodies.segments() == [5] and len(bodies.spares()) == 2
+
+
+def inode(path: Path) -> int:
+    return path.stat().st_ino
+
+
+def test_a_spare_is_written_over_from_its_start_once_no_read_fd_can_reach_it(bodies, monkeypatch):
+    monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 1000)
+    old = os.urandom(1000)
+    bodies.append(old)  # fills segment 1
+    bodies.append(b"a" * 1000)  # segment 2, full
+    bodies.sync()  # as the durable commit that finds a segment unused does first
+    bodies.retire([1])
+    [spare] = bodies.spares()
+    recycled = inode(spare)
+    bodies.append(b"b")  # starts segment 3 while the spare still cools: a new file
+    assert bodies.current == 3 and inode(bodies.path(3)) != recycled
+    bodies.append(b"b" * 999)
+    bodies.retire([])  # closes the retired fds: the spare may be written over now
+    synced = record_syncs(monkeypatch)
+    body = os.urandom(300)
+    where = bodies.append(body)  # starts segment 4: the spare, renamed
+    assert where == (4, 0) and inode(bodies.path(4)) == recycled and bodies.spares() == []
+    bodies.sync()
+    assert synced[0] == str(bodies.dir)  # the new name is durable before a row points into it
+    assert bodies.read(*where, 300) == body
+    second = bodies.append(b"second")
+    assert second == (4, 300) and bodies.read(*second, 6) == b"second"
+    assert bodies.path(4).read_bytes()[306:] == old[306:]  # old bytes past the new ones: nobody points there
+
+
+def test_spares_left_by_an_earlier_run_are_written_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 10)
+    first = Bodies(tmp_path / "bodies")
+    first.open()
+    first.append(b"0123456789")
+    first.append(b"x")
+    first.retire([1])
+    first.close()
+    [spare] = first.spares()
+    recycled = inode(spare)
+    again = Bodies(tmp_path / "bodies")
+    again.open()
+    try:
+        assert again.current == 3 and inode(again.path(3)) == recycled and again.spares() == []
+        where = again.append(b"new body")
+        assert again.read(*where, 8) == b"new body"
+    finally:
+        again.close()
 
 
 def test_close_closes_every_fd(tmp_path, monkeypatch):
@@ -136,7 +202,7 @@ def test_close_closes_every_fd(tmp_path, monkeypatch):
     wheres = [opened.append(b"0123456789") for _ in range(3)]
     for where in wheres:
         opened.read(*where, 10)
-    opened.delete([1])
+    opened.retire([1])
     opened.close()
     assert sum(open_fds_to(opened.path(s)) for s in (1, 2, 3, 4)) == 0
 
@@ -151,19 +217,19 @@ def test_a_new_segment_is_durable_once_synced_directory_entry_included(bodies, m
 
 
 def test_a_write_that_fails_halfway_does_not_shift_the_bodies_after_it(bodies, monkeypatch):
-    real_write = os.write
+    real_pwrite = os.pwrite
 
-    def half_then_full(fd: int, data: bytes) -> int:
-        monkeypatch.setattr(os, "write", disk_full)
-        return real_write(fd, data[: len(data) // 2])
+    def half_then_full(fd: int, data: bytes, offset: int) -> int:
+        monkeypatch.setattr(os, "pwrite", disk_full)
+        return real_pwrite(fd, data[: len(data) // 2], offset)
 
-    def disk_full(fd: int, data: bytes) -> int:
-        monkeypatch.setattr(os, "write", real_write)
+    def disk_full(fd: int, data: bytes, offset: int) -> int:
+        monkeypatch.setattr(os, "pwrite", real_pwrite)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", half_then_full)
+    monkeypatch.setattr(os, "pwrite", half_then_full)
     with pytest.raises(OSError, match="No space left"):
         bodies.append(b"a" * 1000)
     body = os.urandom(100)
     where = bodies.append(body)  # space was freed
-    assert bodies.read(*where, len(body)) == body
+    assert where == (1, 0) and bodies.read(*where, len(body)) == body

@@ -1,7 +1,7 @@
 """server.store with server.bodies on real files: where a body is kept (its row or a segment), the
 fdatasync before the commit of the rows that point into a segment, garbage left by what rolled
-back, segments collected once every job in them has finished, a restart, and a state dir from
-before segments existed (the segment files alone: test_bodies.py)."""
+back, segments retired once every job in them has finished and written over again, a restart, and
+a state dir from before segments existed (the segment files alone: test_bodies.py)."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ async def test_bodies_of_what_rolled_back_are_garbage_collected_with_their_segme
 
 
 @aio
-async def test_a_segment_is_deleted_once_every_job_in_it_has_finished_never_the_current_one(tmp_path, monkeypatch):
+async def test_a_segment_is_retired_once_every_job_in_it_has_finished_never_the_current_one(tmp_path, monkeypatch):
     monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 2 * BIG)  # two bodies a segment
     async with opened_store(tmp_path / "jobs.db") as store:
         jobs = [await store.insert(f"n{i}aaaa", 1, os.urandom(BIG), 1.0) for i in range(7)]
@@ -138,7 +138,7 @@ async def test_a_segment_is_deleted_once_every_job_in_it_has_finished_never_the_
 
 
 @aio
-async def test_the_log_is_synced_before_a_segment_emptied_by_relaxed_finishes_is_deleted(tmp_path, monkeypatch):
+async def test_the_log_is_synced_before_a_segment_emptied_by_relaxed_finishes_is_retired(tmp_path, monkeypatch):
     """A finish is a relaxed commit (no fsync) and the collector's commit writes nothing: without a
     sync of the log, a power loss could bring the job back unfinished with its body gone."""
     monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", BIG)  # one body a segment
@@ -146,13 +146,32 @@ async def test_the_log_is_synced_before_a_segment_emptied_by_relaxed_finishes_is
         (j0, (s1, _)), _ = [await store.insert(f"n{i}aaaa", 1, os.urandom(BIG), 1.0) for i in range(2)]
         await store.finish([Outcome(j0, DIGEST)], "w", 2.0)
         calls = record_fdatasyncs(monkeypatch, store)
-        real_delete = store.bodies.delete
+        real_retire = store.bodies.retire
         monkeypatch.setattr(
-            store.bodies, "delete", lambda segments: calls.append(("delete", *segments)) or real_delete(segments)
+            store.bodies, "retire", lambda segments: calls.append(("retire", *segments)) or real_retire(segments)
         )
         assert await store.collect_bodies() == 1
-        assert calls == [("jobs.db-wal", 2), ("delete", s1)]
-        assert await store.collect_bodies() == 0 and calls[2:] == [("delete",)]  # nothing deleted: nothing synced
+        assert calls == [("jobs.db-wal", 2), ("retire", s1)]
+        assert await store.collect_bodies() == 0 and calls[2:] == [("retire",)]  # nothing retired: nothing synced
+
+
+@aio
+async def test_a_retired_segment_is_written_over_by_a_later_one_whose_bodies_read_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 2 * BIG)  # two bodies a segment
+    async with opened_store(tmp_path / "jobs.db") as store:
+        (j0, _), (j1, _), (j2, (s2, _)) = [await store.insert(f"n{i}aaaa", 1, os.urandom(BIG), 1.0) for i in range(3)]
+        await store.finish([Outcome(j0, DIGEST), Outcome(j1, DIGEST)], "w", 2.0)
+        assert await store.collect_bodies() == 1 and store.bodies.segments() == [s2]
+        [spare] = store.bodies.spares()
+        recycled = spare.stat().st_ino
+        assert await store.collect_bodies() == 0  # the next round: no read fd can reach the spare now
+        bodies = [os.urandom(BIG) for _ in range(3)]
+        jobs = [await store.insert(f"m{i}aaaa", 1, body, 3.0) for i, body in enumerate(bodies)]
+        assert [where for _, where in jobs] == [(s2, BIG), (s2 + 1, 0), (s2 + 1, BIG)]
+        assert store.bodies.path(s2 + 1).stat().st_ino == recycled and store.bodies.spares() == []
+        wanted = [(j2, BIG, (s2, 0))] + [(seq, BIG, where) for seq, where in jobs]
+        found = store.read_bodies(wanted)
+        assert [found[seq] for seq, _ in jobs] == bodies
 
 
 @aio

@@ -285,11 +285,18 @@ def jobs_launch_workers_from_the_baked_image(rh: Rehearsal) -> None:
 
 
 def second_deploy_changes_nothing_while_workers_live(rh: Rehearsal) -> None:
-    assert rh.cloud_instances("worker"), "the workers are gone already; the check needs them alive"
+    workers = {w["InstanceId"]: tag_dict(w) for w in rh.cloud_instances("worker")}
+    assert workers, "the workers are gone already; the check needs them alive"
     pids = {name: unit(m)["MainPID"] for name, m in rh.servers().items()}
     with rh.step("3 second deploy, workers alive (changed=0)"):
         listed = rh.ctl.inventory()
         run = rh.deploy()
+    # A worker carries its server's dynwork:server tag: the deploy must not take it for the server.
+    ec2 = rh.cloud.client("ec2")
+    for reservation in ec2.describe_instances(InstanceIds=list(workers))["Reservations"]:
+        for instance in reservation["Instances"]:
+            assert tag_dict(instance) == workers[instance["InstanceId"]], instance
+            assert "stop requested" not in rh.events(instance["InstanceId"]), rh.events(instance["InstanceId"])
     assert sorted(listed["_meta"]["hostvars"]) == ["localhost", "s1", "s2"], sorted(listed["_meta"]["hostvars"])
     for name, machine in rh.servers().items():
         value = listed["_meta"]["hostvars"][name]["ansible_host"]
@@ -297,6 +304,10 @@ def second_deploy_changes_nothing_while_workers_live(rh: Rehearsal) -> None:
     assert run.rc == 0, run.explain()
     assert set(run.changed().values()) == {0}, run.changed_tasks()
     assert {name: unit(m)["MainPID"] for name, m in rh.servers().items()} == pids  # not restarted
+
+
+def tag_dict(instance: dict) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
 
 
 def idle_workers_go_away(rh: Rehearsal) -> None:

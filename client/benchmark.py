@@ -4,7 +4,8 @@ Rows (all by default; `--rows` picks some):
 
   big      256 KB bodies, 1 iteration: enqueue jobs/s and MB/s and end to end jobs/s, dynwork and
            the baseline, and the machine's fsync'd sequential write MB/s beside the enqueue MB/s
-  stored   the big row's jobs with --hash-on-arrival 0: every body stored and hashed by a worker
+  stored   the big row's jobs with --hash-on-arrival 0: every body stored and hashed by a worker,
+           on servers that first ran jobs until they kept spare segments to write over
   mixed    16-256 KB bodies (uniform, fixed seed), end to end
   small    64-byte bodies, end to end
   latency  warm 1-iteration latency, enqueue -> GET /work/{id}?wait=5 one job at a time, beside

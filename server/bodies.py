@@ -138,6 +138,7 @@ class Bodies:
         fds are closed only at the next call, so a pread that raced with this one still reads from
         the same file, never another fd; and only then may the file be written over."""
         segments = list(segments)
+        doomed: list[Path] = []
         with self._lock:
             for fd in self._retired:
                 os.close(fd)
@@ -152,7 +153,9 @@ class Bodies:
                         path.rename(spare)
                         self._cooling.append(spare)
                         continue
-                path.unlink(missing_ok=True)
+                doomed.append(path)
+        for path in doomed:  # outside the lock: deleting a big file can take a while
+            path.unlink(missing_ok=True)
 
     # -- readers (any thread) --------------------------------------------------------------
     def read(self, segment: int, offset: int, size: int) -> bytes:

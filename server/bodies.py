@@ -11,8 +11,8 @@ them, so a committed row never points at bytes a power loss could lose. Bytes ap
 operation that was then rolled back are garbage nobody points at.
 
 A segment is retired once no unfinished job points into it: the store finds which in the writer
-thread, by a durable commit (so the finishes that emptied them cannot be undone by a power loss),
-among the segments older than the one being appended to, which no new body can enter; see
+thread, among the segments older than the one being appended to, which no new body can enter,
+and makes the finishes that emptied them durable first (so a power loss cannot undo them); see
 Store.collect_bodies.
 
 A retired segment is recycled, as PostgreSQL recycles its WAL segments: up to SPARE_SEGMENTS of

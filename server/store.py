@@ -347,10 +347,11 @@ class Store:
         many.
 
         Decided in the writer thread, among segments older than the one being appended to, which
-        no new body can enter. The finishes that emptied them may be relaxed commits, not yet on
-        the disk, and this commit writes nothing, so syncs nothing: the log is synced first, or a
-        power loss could bring back unfinished jobs whose bodies are gone. One index lookup a
-        segment, not a scan of the backlog: cheap enough to run every second."""
+        no new body can enter. The finishes that emptied them must be on the disk before, or a
+        power loss could bring back unfinished jobs whose bodies are gone: those in this batch are,
+        by its durable commit; earlier ones may be relaxed commits, which that commit does not sync
+        when the batch writes nothing, so the log is synced here. One index lookup a segment, not a
+        scan of the backlog: cheap enough to run every second."""
 
         def op(conn: sqlite3.Connection) -> list[int]:
             current = self.bodies.current

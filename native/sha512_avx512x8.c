@@ -1,4 +1,5 @@
-/* AVX-512 with a single group of 8 lanes, for the last 2 to 8 chains of a batch: a step of the
+/* AVX-512 with a single group of 8 lanes: it leads batches that are mostly body blocks (see
+ * sha512chain.c), and takes the last 2 to 8 chains of the others: a step of the
  * 16-lane kernel costs as much with most of its lanes empty, while one group alone takes about
  * 0.53 of its time here (8 chains: 26 against 28 M it/s for 16), so only a lone chain is faster
  * in scalar (5.6 M it/s against 3.3 per lane). */

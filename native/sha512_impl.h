@@ -55,6 +55,9 @@ typedef struct {
     void (*chain)(uint64_t *st, uint64_t steps);
 } dw_lane_kernel;
 
+/* Compressions for a body of len bytes: its full blocks and 1 or 2 padded tail blocks. */
+uint64_t dw_job_blocks(size_t len);
+
 /* The multi-buffer driver (sha512_lanes.c): keeps every lane busy while jobs remain. Once none
  * remain and the busy lanes fit in `narrower` (a kernel with fewer lanes, or NULL), they finish
  * there, where each step costs less, whether still in their bodies or chaining. */
@@ -67,7 +70,7 @@ void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_
 #define DW_X86 1
 extern const dw_lane_kernel dw_avx2_kernel;
 extern const dw_lane_kernel dw_avx512_kernel;
-extern const dw_lane_kernel dw_avx512x8_kernel; /* one group of 8: a batch's last 2 to 8 chains */
+extern const dw_lane_kernel dw_avx512x8_kernel; /* one group of 8: bodies, and a batch's last chains */
 #endif
 
 #endif

@@ -6,7 +6,10 @@
  * call, chain lanes taking their next step in the same call; once every busy lane is chaining, the
  * kernel runs as many steps as the nearest finishing lane needs without leaving its registers. A
  * lane that finishes is refilled with the next job at once, so no lane idles while jobs remain.
+ * Jobs go to the lanes longest first: the short ones refill lanes near the end, so the lanes run
+ * out of work close together instead of one long job finishing alone.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "sha512_impl.h"
@@ -14,6 +17,11 @@
 #define MAX_LANES 16
 
 enum { IDLE, BODY, CHAIN };
+
+typedef struct {
+    uint64_t work; /* compressions: body blocks, then chain steps */
+    size_t job;
+} job_rank;
 
 typedef struct {
     int phase;
@@ -29,6 +37,7 @@ typedef struct {
 typedef struct {
     const dw_lane_kernel *k;
     size_t n, next_job, busy;
+    const job_rank *order; /* the jobs, longest first; NULL: as given */
     const uint8_t *const *data;
     const size_t *lens;
     const uint64_t *iterations;
@@ -46,7 +55,8 @@ static void assign(run_t *r, int l)
         ln->phase = IDLE;
         return;
     }
-    size_t j = r->next_job++;
+    size_t j = r->order != NULL ? r->order[r->next_job].job : r->next_job;
+    r->next_job++;
     size_t len = r->lens[j];
     ln->phase = BODY;
     ln->job = j;
@@ -201,6 +211,37 @@ static void drive(run_t *r, const dw_lane_kernel *narrower)
     }
 }
 
+uint64_t dw_job_blocks(size_t len)
+{
+    return (uint64_t)(len / 128) + (len % 128 < 112 ? 1 : 2);
+}
+
+static int more_work_first(const void *a, const void *b)
+{
+    const job_rank *x = a, *y = b;
+    if (x->work != y->work)
+        return x->work > y->work ? -1 : 1;
+    return x->job < y->job ? -1 : x->job > y->job; /* equal work keeps the given order */
+}
+
+/* The jobs, most compressions first, in a malloc'd array; NULL when there is nothing to gain (no
+ * more jobs than lanes: all start at once) or no memory (then they go as given). */
+static job_rank *longest_first(size_t n, int lanes, const size_t *lens, const uint64_t *iterations)
+{
+    if (n <= (size_t)lanes || n > SIZE_MAX / sizeof(job_rank))
+        return NULL;
+    job_rank *order = malloc(n * sizeof *order);
+    if (order == NULL)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t blocks = dw_job_blocks(lens[i]), steps = iterations[i] - 1;
+        order[i].work = steps > UINT64_MAX - blocks ? UINT64_MAX : blocks + steps;
+        order[i].job = i;
+    }
+    qsort(order, n, sizeof *order, more_work_first);
+    return order;
+}
+
 void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_t n,
                   const uint8_t *const *data, const size_t *lens, const uint64_t *iterations,
                   uint8_t *out)
@@ -209,6 +250,8 @@ void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_
     memset(&r, 0, sizeof r);
     r.k = k;
     r.n = n;
+    job_rank *order = longest_first(n, k->lanes, lens, iterations);
+    r.order = order;
     r.data = data;
     r.lens = lens;
     r.iterations = iterations;
@@ -216,4 +259,5 @@ void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_
     for (int l = 0; l < k->lanes; l++)
         assign(&r, l);
     drive(&r, narrower != NULL && narrower->lanes < k->lanes ? narrower : NULL);
+    free(order);
 }

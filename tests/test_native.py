@@ -175,6 +175,26 @@ def test_bodies_still_arriving_when_the_jobs_run_out_finish_right_on_fewer_lanes
     assert native.chain_many(jobs) == [reference(b, n) for b, n in jobs]
 
 
+@pytest.mark.parametrize("bodies", [4, 8])
+def test_a_chain_heavy_batch_whose_last_bodies_outlive_its_chains_finishes_them_mid_body(bodies):
+    """Mostly chain steps: AVX-512 leads with 16 lanes. Longest first, the nine 2,000-step chains
+    start with seven 128 KB bodies; the last bodies take the lanes those free and are mid-body when
+    the chains end, so they move on (to 8 lanes, or to scalar) from the middle of their bodies."""
+    jobs = [(random_body(64, i), 2000) for i in range(9)]
+    jobs += [(random_body(128 * 1024 + i, 500 + i), 1) for i in range(7 + bodies)]
+    assert native.chain_many(jobs) == [reference(b, n) for b, n in jobs]
+
+
+@pytest.mark.parametrize("count", [9, 12, 16, 17, 33])
+def test_unequal_bodies_go_to_the_lanes_longest_first_and_come_back_in_order(count):
+    """Mostly body blocks (AVX-512 leads with one group of 8 lanes): the driver hands the jobs
+    out longest first, not as given, and each digest still lands at its own job's place."""
+    rng = random.Random(count)
+    jobs = [(random_body(rng.randrange(16 * 1024, 256 * 1024), i), rng.choice([1, 2, 50])) for i in range(count)]
+    jobs[count // 2] = (random_body(0, 1), 1)  # shortest of all, in the middle
+    assert native.chain_many(jobs) == [reference(b, n) for b, n in jobs]
+
+
 def _import_with_env(value: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, DYNWORK_HASH_BACKEND=value)
     code = "import native; print(native.backend(), native.lanes())"

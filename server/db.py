@@ -82,6 +82,7 @@ class Database:
         self._relaxed = "NORMAL" if self.synchronous in ("FULL", "EXTRA") else self.synchronous
         self._current_sync = self.synchronous
         self._carry: _Op | None = None  # the op that did not fit the last batch
+        self._wal_fd: int | None = None  # the writer thread's, see _log_fd
         self.commits = 0
         self.checkpoints = 0
 
@@ -145,6 +146,9 @@ class Database:
                     return
         finally:
             conn.close()
+            if self._wal_fd is not None:
+                os.close(self._wal_fd)
+                self._wal_fd = None
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> None:
         outcomes: list[Outcome] = []
@@ -196,8 +200,14 @@ class Database:
             return op.future, None, as_store_error(exc)
 
     def _bound_wal(self, conn: sqlite3.Connection) -> None:
+        fd = self._log_fd()
+        if fd is None:
+            return
         try:
-            wal = os.stat(f"{self.path}-wal").st_size
+            # lseek, not stat: since Linux 6.13 a stat makes the next write stamp the file with a
+            # fine-grained time, which dirties its inode, and every commit's fdatasync then writes
+            # the inode too (3 disk writes a commit instead of 2 here, +50 us a fdatasync)
+            wal = os.lseek(fd, 0, os.SEEK_END)
         except OSError:
             return
         if wal > WAL_LIMIT_BYTES:
@@ -207,14 +217,22 @@ class Database:
             except sqlite3.Error as exc:
                 log.warning("WAL checkpoint failed (retried after the next commit): %s", exc)
 
+    def _log_fd(self) -> int | None:
+        """The writer thread's descriptor of the write-ahead log, opened once it exists; SQLite
+        keeps the file (the same inode: a checkpoint truncates it) until its last connection closes."""
+        if self._wal_fd is None:
+            try:
+                self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return None
+        return self._wal_fd
+
     def sync_log(self) -> None:
         """fdatasync the write-ahead log, from the writer thread: every commit so far, relaxed ones
         too, then survives a power loss (a commit that writes nothing syncs nothing by itself)."""
-        fd = os.open(f"{self.path}-wal", os.O_RDONLY)
-        try:
+        fd = self._log_fd()
+        if fd is not None:  # no log yet: nothing was committed through one
             os.fdatasync(fd)
-        finally:
-            os.close(fd)
 
     @property
     def closed(self) -> bool:

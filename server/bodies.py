@@ -23,7 +23,8 @@ allocates blocks and pages and every fdatasync commits that allocation to the jo
 mounted with discard, the deleted file's blocks must even be allocated again below it).
 A recycled file holds old bytes past what has been written into it this time: garbage that no
 row points at, as is anything after a failed write, since the next body is written at the same
-offset.
+offset. Spares are kept only while the file system has SPARES_NEED_FREE_BYTES free besides them:
+on a disk filling up, the next retirement (the collector calls one every second) deletes them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 256 << 20
 SPARE_SEGMENTS = 2  # retired segments kept to be written over: disk held while idle, SEGMENT_BYTES each
+SPARES_NEED_FREE_BYTES = 4 * SEGMENT_BYTES  # below this much free space, spares are given back
 _NAME = re.compile(r"seg-(\d+)\.dat")
 _SPARE = re.compile(r"spare-(\d+)\.dat")
 
@@ -136,8 +138,10 @@ class Bodies:
     def retire(self, segments: Iterable[int]) -> None:
         """Recycle or delete segments nobody needs (called periodically, with none too). Their read
         fds are closed only at the next call, so a pread that raced with this one still reads from
-        the same file, never another fd; and only then may the file be written over."""
+        the same file, never another fd; and only then may the file be written over. On a disk
+        short of room (SPARES_NEED_FREE_BYTES), spares are deleted instead of kept."""
         segments = list(segments)
+        room = self._room_for_spares() if segments or self._spares or self._cooling else True
         doomed: list[Path] = []
         with self._lock:
             for fd in self._retired:
@@ -145,17 +149,29 @@ class Bodies:
             self._retired = [self._readers.pop(s) for s in segments if s in self._readers]
             self._spares += self._cooling
             self._cooling = []
+            if not room:
+                doomed, self._spares = self._spares, []
             for segment in segments:
                 path = self.path(segment)
-                if len(self._spares) + len(self._cooling) < SPARE_SEGMENTS:
+                if room and len(self._spares) + len(self._cooling) < SPARE_SEGMENTS:
                     spare = self.dir / f"spare-{segment:08d}.dat"
                     with contextlib.suppress(OSError):  # then it is deleted
                         path.rename(spare)
                         self._cooling.append(spare)
                         continue
                 doomed.append(path)
+        if not room and len(doomed) > len(segments):
+            log.warning("disk short of room: %d spare segment(s) deleted", len(doomed) - len(segments))
         for path in doomed:  # outside the lock: deleting a big file can take a while
             path.unlink(missing_ok=True)
+
+    def _room_for_spares(self) -> bool:
+        """Whether the file system has room to keep spares (statvfs: no file's times are touched)."""
+        try:
+            fs = os.statvfs(self.dir)
+        except OSError:
+            return False
+        return fs.f_bavail * fs.f_frsize >= SPARES_NEED_FREE_BYTES
 
     # -- readers (any thread) --------------------------------------------------------------
     def read(self, segment: int, offset: int, size: int) -> bytes:

@@ -15,6 +15,12 @@ from server import bodies as bodies_module
 from server.bodies import Bodies
 
 
+@pytest.fixture(autouse=True)
+def room_to_spare(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spares are kept whatever this machine's free space, except where a test says otherwise."""
+    monkeypatch.setattr(bodies_module, "SPARES_NEED_FREE_BYTES", 0)
+
+
 @pytest.fixture
 def bodies(tmp_path: Path) -> Iterator[Bodies]:
     opened = Bodies(tmp_path / "bodies")
@@ -145,6 +151,26 @@ def test_retired_segments_beyond_spare_segments_are_deleted(bodies, monkeypatch)
     assert [p.name for p in bodies.spares()] == ["spare-00000001.dat", "spare-00000002.dat"]
     bodies.retire([4])  # the spares are full
     assert bodies.segments() == [5] and len(bodies.spares()) == 2
+
+
+def test_on_a_disk_short_of_room_spares_are_deleted_and_no_more_are_kept(bodies, monkeypatch, caplog):
+    monkeypatch.setattr(bodies_module, "SEGMENT_BYTES", 10)
+    for _ in range(4):
+        bodies.append(b"0123456789")  # segments 1 to 4, full
+    bodies.append(b"x")  # segment 5 is the current one
+    bodies.retire([1, 2])
+    assert len(bodies.spares()) == 2
+    fs = os.statvfs(bodies.dir)  # the real file system's free space, and a need just above it
+    monkeypatch.setattr(bodies_module, "SPARES_NEED_FREE_BYTES", fs.f_bavail * fs.f_frsize + (1 << 30))
+    bodies.retire([])  # the collector's call every second, with nothing to retire
+    assert bodies.spares() == [] and "2 spare segment(s) deleted" in caplog.text
+    bodies.retire([3])
+    assert bodies.spares() == [] and bodies.segments() == [4, 5]  # deleted, not kept
+    monkeypatch.setattr(bodies_module, "SPARES_NEED_FREE_BYTES", 0)  # room again
+    bodies.retire([4])
+    assert [p.name for p in bodies.spares()] == ["spare-00000004.dat"]
+    bodies.append(b"0123456789")  # fills segment 5
+    assert bodies.append(b"y") == (6, 0)  # a new file: the spare still cools
 
 
 def inode(path: Path) -> int:

@@ -22,6 +22,12 @@ DIGEST = bytes(range(64))
 BIG = 16 << 10  # bigger than INLINE_BODY_BYTES: kept in a segment
 
 
+@pytest.fixture(autouse=True)
+def room_to_spare(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spares are kept whatever this machine's free space (test_bodies.py tests the need for room)."""
+    monkeypatch.setattr(bodies_module, "SPARES_NEED_FREE_BYTES", 0)
+
+
 def committed_rows(store: Store) -> int:
     """Rows visible to a separate connection: what is committed, nothing in flight."""
     with contextlib.closing(sqlite3.connect(store.path)) as conn:

@@ -39,6 +39,19 @@ void dw_scalar_blocks(uint64_t st[8], const uint8_t *data, size_t n); /* st += n
 void dw_scalar_steps(uint64_t st[8], uint64_t steps);
 void dw_store_digest(const uint64_t st[8], uint8_t *out);
 
+/* Padded tail blocks after a body's full ones, whose last rem = len % 128 bytes are left over: 2
+ * when they leave no room for the 0x80 byte and the 16-byte length. */
+static inline int dw_tail_count(size_t rem)
+{
+    return rem < 112 ? 1 : 2;
+}
+
+/* Compressions for a body of len bytes: its full blocks and its padded tail blocks. */
+static inline uint64_t dw_job_blocks(size_t len)
+{
+    return (uint64_t)(len / 128) + (uint64_t)dw_tail_count(len % 128);
+}
+
 /* Builds the final 1 or 2 padded blocks of a body of total length len whose last
  * rem = len % 128 bytes are at tail; returns the number of blocks written to buf. */
 int dw_tail_blocks(const uint8_t *tail, size_t rem, size_t len, uint8_t buf[256]);
@@ -54,9 +67,6 @@ typedef struct {
     void (*block)(uint64_t *st, const uint64_t *w);
     void (*chain)(uint64_t *st, uint64_t steps);
 } dw_lane_kernel;
-
-/* Compressions for a body of len bytes: its full blocks and 1 or 2 padded tail blocks. */
-uint64_t dw_job_blocks(size_t len);
 
 /* The multi-buffer driver (sha512_lanes.c): keeps every lane busy while jobs remain. Once none
  * remain and the busy lanes fit in `narrower` (a kernel with fewer lanes, or NULL), they finish

@@ -211,11 +211,6 @@ static void drive(run_t *r, const dw_lane_kernel *narrower)
     }
 }
 
-uint64_t dw_job_blocks(size_t len)
-{
-    return (uint64_t)(len / 128) + (len % 128 < 112 ? 1 : 2);
-}
-
 static int more_work_first(const void *a, const void *b)
 {
     const job_rank *x = a, *y = b;

@@ -66,7 +66,7 @@ const uint64_t dw_IV[8] = {
 
 int dw_tail_blocks(const uint8_t *tail, size_t rem, size_t len, uint8_t buf[256])
 {
-    int blocks = rem < 112 ? 1 : 2;
+    int blocks = dw_tail_count(rem);
     memset(buf, 0, 256);
     if (rem)
         memcpy(buf, tail, rem);

@@ -12,6 +12,9 @@ and benchmarks), or later by `use_backend`. Naming a backend this CPU cannot run
 than silently running something else, so `backend()` always tells the truth. `chain` always uses
 the scalar kernel: one chain cannot fill vector lanes. Backend names and the digest size come from
 the C header. `native.reference` is the same function in plain Python (hashlib).
+
+`Feed` is a batch that takes more jobs while it runs: one thread runs it, another pushes jobs,
+and each pushed job takes the next free lane at once instead of waiting for the next batch.
 """
 
 from __future__ import annotations
@@ -22,7 +25,17 @@ from typing import Any
 
 from native._sha512chain import ffi, lib
 
-__all__ = ["BACKENDS", "DIGEST_SIZE", "available_backends", "backend", "chain", "chain_many", "lanes", "use_backend"]
+__all__ = [
+    "BACKENDS",
+    "DIGEST_SIZE",
+    "Feed",
+    "available_backends",
+    "backend",
+    "chain",
+    "chain_many",
+    "lanes",
+    "use_backend",
+]
 
 BACKENDS: tuple[str, ...] = tuple(ffi.string(lib.dw_backend_name(i)).decode() for i in range(lib.DW_BACKEND_COUNT))
 DIGEST_SIZE: int = lib.DW_DIGEST_SIZE
@@ -110,6 +123,40 @@ def chain_many(jobs: Sequence[tuple[bytes | bytearray | memoryview, int]]) -> li
     lib.dw_chain_many(n, ptrs, lens, iters, out)
     raw = ffi.buffer(out)
     return [raw[DIGEST_SIZE * i : DIGEST_SIZE * (i + 1)] for i in range(n)]
+
+
+class Feed:
+    """Up to `capacity` jobs hashed together, more of them pushed while they are hashed.
+
+    One thread calls `run` (once: it hashes every job pushed before it and while it runs, without
+    the GIL, and closes the feed when it finds none left); one other thread may `push` meanwhile.
+    A push after the close, or past the capacity, is refused (None): the job goes elsewhere.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        feed = lib.dw_feed_new(capacity) if capacity >= 1 else ffi.NULL
+        if feed == ffi.NULL:
+            raise ValueError(f"cannot make a feed of {capacity} jobs")
+        self._feed = ffi.gc(feed, lib.dw_feed_free)
+        self._keep: list[Any] = []  # the from_buffer objects must outlive the run
+        self.capacity = capacity
+
+    def push(self, data: bytes | bytearray | memoryview, iterations: int) -> int | None:
+        """Adds a job; its index among the feed's jobs, or None when the feed is full or closed."""
+        _check_iterations(iterations)
+        buf = _buffer(data)
+        self._keep.append(buf)  # before the push: the run may read it at once
+        index = int(lib.dw_feed_push(self._feed, buf, len(buf), iterations))
+        if index < 0:
+            self._keep.pop()
+            return None
+        return index
+
+    def run(self) -> list[bytes]:
+        """Hashes the jobs until none is left and closes the feed; their digests, in push order."""
+        n = lib.dw_feed_run(self._feed)
+        raw = ffi.buffer(lib.dw_feed_digests(self._feed), DIGEST_SIZE * n)
+        return [raw[DIGEST_SIZE * i : DIGEST_SIZE * (i + 1)] for i in range(n)]
 
 
 def _select_at_import() -> None:

@@ -75,6 +75,34 @@ void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_
                   const uint8_t *const *data, const size_t *lens, const uint64_t *iterations,
                   uint8_t *out);
 
+/* A feed's shared part (sha512chain.h). `state` counts the jobs pushed, with DW_FEED_CLOSED set
+ * once the run has closed it; a job's slot is written before the count that publishes it. */
+struct dw_feed {
+    size_t capacity;
+    size_t state;
+    const uint8_t **data;
+    size_t *lens;
+    uint64_t *iterations;
+    uint8_t *out;
+};
+#define DW_FEED_CLOSED ((size_t)1 << (sizeof(size_t) * 8 - 1))
+
+/* The jobs pushed so far (acquire: their slots are written). */
+static inline size_t dw_feed_pushed(const struct dw_feed *feed)
+{
+    return __atomic_load_n(&feed->state, __ATOMIC_ACQUIRE) & ~DW_FEED_CLOSED;
+}
+
+/* Closes the feed if exactly `taken` jobs were pushed; 0 when more came meanwhile. */
+static inline int dw_feed_close(struct dw_feed *feed, size_t taken)
+{
+    return __atomic_compare_exchange_n(&feed->state, &taken, taken | DW_FEED_CLOSED, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
+}
+
+/* The driver on a feed: like dw_lanes_run, on the jobs pushed before and while it runs. */
+void dw_lanes_feed(const dw_lane_kernel *k, const dw_lane_kernel *narrower, struct dw_feed *feed);
+
 /* DW_NO_SIMD builds the portable code only, as on non-x86 machines. */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(DW_NO_SIMD)
 #define DW_X86 1

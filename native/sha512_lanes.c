@@ -8,6 +8,12 @@
  * lane that finishes is refilled with the next job at once, so no lane idles while jobs remain.
  * Jobs go to the lanes longest first: the short ones refill lanes near the end, so the lanes run
  * out of work close together instead of one long job finishing alone.
+ *
+ * On a feed (dw_lanes_feed) the jobs are those pushed so far (those pushed before the run
+ * longest first), and the driver looks for more at every step: a job pushed while the batch runs
+ * takes the next free lane, also on the narrower kernel, and one pushed while a lone job runs on
+ * the scalar kernel brings that job back to the lanes (the scalar kernel runs a slice at a time
+ * there, SCALAR_SLICE blocks or steps, to look in between).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +21,7 @@
 #include "sha512_impl.h"
 
 #define MAX_LANES 16
+#define SCALAR_SLICE 32 /* 4 KB of a body, about 6 us here */
 
 enum { IDLE, BODY, CHAIN };
 
@@ -36,8 +43,10 @@ typedef struct {
 
 typedef struct {
     const dw_lane_kernel *k;
+    struct dw_feed *feed; /* NULL: the n jobs given */
     size_t n, next_job, busy;
-    const job_rank *order; /* the jobs, longest first; NULL: as given */
+    const job_rank *order; /* the first `ordered` jobs, longest first; NULL: as given */
+    size_t ordered;
     const uint8_t *const *data;
     const size_t *lens;
     const uint64_t *iterations;
@@ -47,15 +56,23 @@ typedef struct {
     uint64_t w[16 * MAX_LANES];
 } run_t;
 
+/* Jobs not yet in a lane; on a feed, after taking those pushed since the last look. */
+static size_t waiting(run_t *r)
+{
+    if (r->feed != NULL)
+        r->n = dw_feed_pushed(r->feed);
+    return r->n - r->next_job;
+}
+
 static void assign(run_t *r, int l)
 {
     lane_t *ln = &r->lane[l];
     int L = r->k->lanes;
-    if (r->next_job >= r->n) {
+    if (r->next_job >= r->n && waiting(r) == 0) {
         ln->phase = IDLE;
         return;
     }
-    size_t j = r->order != NULL ? r->order[r->next_job].job : r->next_job;
+    size_t j = r->order != NULL && r->next_job < r->ordered ? r->order[r->next_job].job : r->next_job;
     r->next_job++;
     size_t len = r->lens[j];
     ln->phase = BODY;
@@ -136,6 +153,13 @@ static void finish_narrower(run_t *r, const dw_lane_kernel *k2)
     memset(&n2, 0, sizeof n2);
     n2.k = k2;
     n2.out = r->out; /* n2.n == 0: a retired lane is not refilled */
+    if (r->feed != NULL) { /* but on a feed, by the jobs pushed from now on */
+        n2.feed = r->feed;
+        n2.data = r->data;
+        n2.lens = r->lens;
+        n2.iterations = r->iterations;
+        n2.n = n2.next_job = r->next_job;
+    }
     for (int l = 0; l < L; l++) {
         if (r->lane[l].phase == IDLE)
             continue;
@@ -150,8 +174,38 @@ static void finish_narrower(run_t *r, const dw_lane_kernel *k2)
     drive(&n2, NULL);
 }
 
-/* Finishes every busy lane (no jobs left) with the scalar kernel: the rest of its body, if any,
- * then its remaining chain steps. */
+/* Runs a lane's job on the scalar kernel from state h: the rest of its body, if any, then its
+ * remaining chain steps. On a feed it runs a slice at a time and stops as soon as jobs were
+ * pushed, its progress kept in the lane: 0 then, 1 when the job is done. */
+static int scalar_lane(run_t *r, lane_t *ln, uint64_t h[8])
+{
+    size_t slice = r->feed != NULL ? SCALAR_SLICE : SIZE_MAX;
+    while (ln->phase == BODY) {
+        if (ln->full_left) {
+            size_t k = ln->full_left < slice ? ln->full_left : slice;
+            dw_scalar_blocks(h, ln->next, k);
+            ln->next += 128 * k;
+            ln->full_left -= k;
+        } else {
+            dw_scalar_blocks(h, ln->tail + 128 * ln->tail_done, (size_t)(ln->tail_blocks - ln->tail_done));
+            ln->tail_done = ln->tail_blocks;
+            ln->phase = CHAIN;
+        }
+        if (r->feed != NULL && (ln->phase == BODY || ln->steps_left) && waiting(r))
+            return 0;
+    }
+    while (ln->steps_left) {
+        uint64_t k = ln->steps_left < slice ? ln->steps_left : slice;
+        dw_scalar_steps(h, k);
+        ln->steps_left -= k;
+        if (r->feed != NULL && ln->steps_left && waiting(r))
+            return 0;
+    }
+    return 1;
+}
+
+/* Finishes every busy lane (no jobs left) with the scalar kernel; on a feed, only until jobs
+ * are pushed (then the lanes take over again). */
 static void finish_scalar(run_t *r)
 {
     int L = r->k->lanes;
@@ -162,25 +216,42 @@ static void finish_scalar(run_t *r)
         uint64_t h[8];
         for (int i = 0; i < 8; i++)
             h[i] = r->st[i * L + l];
-        if (ln->phase == BODY) {
-            dw_scalar_blocks(h, ln->next, ln->full_left);
-            dw_scalar_blocks(h, ln->tail + 128 * ln->tail_done, (size_t)(ln->tail_blocks - ln->tail_done));
+        if (!scalar_lane(r, ln, h)) {
+            for (int i = 0; i < 8; i++)
+                r->st[i * L + l] = h[i];
+            return;
         }
-        dw_scalar_steps(h, ln->steps_left);
         dw_store_digest(h, r->out + 64 * ln->job);
         ln->phase = IDLE;
         r->busy--;
     }
 }
 
+/* On a feed: gives the jobs pushed since the last look to the free lanes. */
+static void fill_free_lanes(run_t *r)
+{
+    for (int l = 0; l < r->k->lanes && r->next_job < r->n; l++)
+        if (r->lane[l].phase == IDLE)
+            assign(r, l);
+}
+
 static void drive(run_t *r, const dw_lane_kernel *narrower)
 {
     const dw_lane_kernel *k = r->k;
     int L = k->lanes;
-    while (r->busy) {
+    for (;;) {
+        if (r->feed != NULL && waiting(r))
+            fill_free_lanes(r);
+        if (r->busy == 0) {
+            if (r->feed == NULL || dw_feed_close(r->feed, r->next_job))
+                return;
+            continue; /* jobs were pushed meanwhile */
+        }
         if (r->next_job >= r->n) { /* no job left to refill a lane: fewer lanes cost less */
             if (narrower != NULL && r->busy <= (size_t)narrower->lanes && r->busy > (size_t)narrower->scalar_below) {
                 finish_narrower(r, narrower);
+                if (r->feed != NULL)
+                    return; /* the narrower run took the feed over, and closed it */
                 continue;
             }
             if (r->busy <= (size_t)k->scalar_below) {
@@ -247,10 +318,30 @@ void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_
     r.n = n;
     job_rank *order = longest_first(n, k->lanes, lens, iterations);
     r.order = order;
+    r.ordered = n;
     r.data = data;
     r.lens = lens;
     r.iterations = iterations;
     r.out = out;
+    for (int l = 0; l < k->lanes; l++)
+        assign(&r, l);
+    drive(&r, narrower != NULL && narrower->lanes < k->lanes ? narrower : NULL);
+    free(order);
+}
+
+void dw_lanes_feed(const dw_lane_kernel *k, const dw_lane_kernel *narrower, struct dw_feed *feed)
+{
+    run_t r;
+    memset(&r, 0, sizeof r);
+    r.k = k;
+    r.feed = feed;
+    r.data = feed->data;
+    r.lens = feed->lens;
+    r.iterations = feed->iterations;
+    r.out = feed->out;
+    r.n = r.ordered = dw_feed_pushed(feed); /* those pushed before the run go longest first */
+    job_rank *order = longest_first(r.n, k->lanes, r.lens, r.iterations);
+    r.order = order;
     for (int l = 0; l < k->lanes; l++)
         assign(&r, l);
     drive(&r, narrower != NULL && narrower->lanes < k->lanes ? narrower : NULL);

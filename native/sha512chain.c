@@ -2,6 +2,7 @@
 #include "sha512chain.h"
 #include "sha512_impl.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 /* Written once at import (under the GIL) and read by every hashing thread; relaxed atomics make
@@ -175,4 +176,77 @@ void dw_chain_many(size_t n, const uint8_t *const *data, const size_t *lens,
                    const uint64_t *iterations, uint8_t *out)
 {
     run_backend(dw_current_backend(), n, data, lens, iterations, out);
+}
+
+dw_feed *dw_feed_new(size_t capacity)
+{
+    size_t each = sizeof(const uint8_t *) + sizeof(size_t) + sizeof(uint64_t) + DW_DIGEST_SIZE;
+    if (capacity == 0 || capacity > (SIZE_MAX - sizeof(dw_feed)) / each || capacity >= DW_FEED_CLOSED)
+        return NULL;
+    dw_feed *feed = calloc(1, sizeof *feed + capacity * each);
+    if (feed == NULL)
+        return NULL;
+    feed->capacity = capacity;
+    feed->data = (const uint8_t **)(feed + 1);
+    feed->lens = (size_t *)(feed->data + capacity);
+    feed->iterations = (uint64_t *)(feed->lens + capacity);
+    feed->out = (uint8_t *)(feed->iterations + capacity);
+    return feed;
+}
+
+void dw_feed_free(dw_feed *feed)
+{
+    free(feed);
+}
+
+long dw_feed_push(dw_feed *feed, const uint8_t *data, size_t len, uint64_t iterations)
+{
+    size_t s = __atomic_load_n(&feed->state, __ATOMIC_ACQUIRE);
+    if ((s & DW_FEED_CLOSED) || s >= feed->capacity)
+        return -1;
+    feed->data[s] = data; /* slot s is not yet published: the run does not read it */
+    feed->lens[s] = len;
+    feed->iterations[s] = iterations;
+    /* Fails only if the run closed the feed meanwhile (one thread pushes). */
+    if (!__atomic_compare_exchange_n(&feed->state, &s, s + 1, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
+        return -1;
+    return (long)s;
+}
+
+/* The scalar backend on a feed: one job after another, then a look for more. */
+static void feed_scalar(dw_feed *feed)
+{
+    size_t done = 0;
+    do {
+        for (size_t n = dw_feed_pushed(feed); done < n; done++)
+            dw_chain(feed->data[done], feed->lens[done], feed->iterations[done], feed->out + DW_DIGEST_SIZE * done);
+    } while (!dw_feed_close(feed, done));
+}
+
+size_t dw_feed_run(dw_feed *feed)
+{
+    size_t pushed = dw_feed_pushed(feed);
+    if (__atomic_load_n(&feed->state, __ATOMIC_ACQUIRE) & DW_FEED_CLOSED)
+        return pushed; /* run once */
+    switch (dw_current_backend()) {
+#ifdef DW_X86
+    case DW_BACKEND_AVX2:
+        dw_lanes_feed(&dw_avx2_kernel, NULL, feed);
+        break;
+    case DW_BACKEND_AVX512: /* the jobs pushed so far choose the kernel, as a batch's do */
+        if (mostly_bodies(pushed, feed->lens, feed->iterations))
+            dw_lanes_feed(&dw_avx512x8_kernel, NULL, feed);
+        else
+            dw_lanes_feed(&dw_avx512_kernel, &dw_avx512x8_kernel, feed);
+        break;
+#endif
+    default:
+        feed_scalar(feed);
+    }
+    return dw_feed_pushed(feed);
+}
+
+const uint8_t *dw_feed_digests(const dw_feed *feed)
+{
+    return feed->out;
 }

@@ -26,6 +26,24 @@ void dw_chain(const uint8_t *data, size_t len, uint64_t iterations, uint8_t *out
 void dw_chain_many(size_t n, const uint8_t *const *data, const size_t *lens,
                    const uint64_t *iterations, uint8_t *out);
 
+/* A feed: a batch that takes more jobs while it is hashed. One thread pushes jobs, up to the
+ * feed's capacity; another runs the feed (once), which hashes every job pushed before or while it
+ * runs, each as soon as a lane is free, and closes the feed when it finds none left. */
+typedef struct dw_feed dw_feed;
+
+/* A feed for up to capacity jobs (>= 1); NULL when out of memory. */
+dw_feed *dw_feed_new(size_t capacity);
+void dw_feed_free(dw_feed *feed);
+
+/* Adds a job (iterations >= 1; data must stay valid until the run returns): its index, or -1 when
+ * the feed is full or closed. Only one thread may push to a feed. */
+long dw_feed_push(dw_feed *feed, const uint8_t *data, size_t len, uint64_t iterations);
+
+/* Hashes the feed's jobs with the selected backend until none is left, then closes it; returns
+ * how many it hashed. Their digests: dw_feed_digests, 64 bytes each, in push order. */
+size_t dw_feed_run(dw_feed *feed);
+const uint8_t *dw_feed_digests(const dw_feed *feed);
+
 /* 1 when the CPU (and OS) can run the backend and its kernel passed a known-answer self-test
  * against the scalar kernel (run once, on first use), 0 when the CPU lacks it, -1 when it failed
  * the self-test. dw_backend_supported: status == 1. */

@@ -195,6 +195,70 @@ def test_unequal_bodies_go_to_the_lanes_longest_first_and_come_back_in_order(cou
     assert native.chain_many(jobs) == [reference(b, n) for b, n in jobs]
 
 
+@pytest.mark.parametrize("kind", ["vectors", "unequal bodies", "chains"])
+def test_a_feed_hashes_the_jobs_pushed_before_its_run_and_answers_them_in_push_order(kind):
+    """As chain_many does: unequal bodies go to the lanes longest first, and a chain-heavy batch
+    whose last chains fit in fewer lanes finishes them there."""
+    rng = random.Random(kind)
+    if kind == "vectors":
+        jobs = [(body, iterations) for body, iterations, _ in VECTORS][:20]
+        jobs += [(random_body(length, length), 1 + length % 3) for length in PADDING_BOUNDARIES[:12]]
+    elif kind == "unequal bodies":
+        jobs = [(random_body(rng.randrange(16 * 1024, 256 * 1024), i), rng.choice([1, 2, 50])) for i in range(21)]
+    else:
+        jobs = [(random_body(64, i), rng.randrange(100, 3000)) for i in range(native.lanes() + 5)]
+    feed = native.Feed(64)
+    assert [feed.push(body, iterations) for body, iterations in jobs] == list(range(len(jobs)))
+    assert feed.run() == [reference(b, n) for b, n in jobs]
+
+
+def test_a_feed_refuses_a_job_past_its_capacity_and_any_after_its_run():
+    feed = native.Feed(2)
+    assert feed.push(b"a", 1) == 0
+    assert feed.push(bytearray(b"b"), 3) == 1
+    assert feed.push(b"c", 1) is None  # full
+    assert feed.run() == [reference(b"a", 1), reference(b"b", 3)]
+    assert native.Feed(5).run() == []  # nothing pushed: closed at once
+    closed = native.Feed(5)
+    closed.run()
+    assert closed.push(b"late", 1) is None
+    with pytest.raises(ValueError):
+        native.Feed(0)
+    with pytest.raises(ValueError):
+        feed.push(b"x", 0)  # checked before anything is pushed
+
+
+@pytest.mark.parametrize("lead", ["a lone long body", "chains"])
+def test_jobs_pushed_while_a_feed_runs_join_it_and_every_digest_is_right(lead):
+    """One thread runs the feed while this one pushes; each push lands before the run closes the
+    feed (and is hashed: in a free lane, on the narrower kernel that took over the last chains,
+    or bringing a lone job from scalar back to the lanes mid-body) or after it (refused). Which,
+    depends on timing; every accepted job's digest must be right either way. Each job's expected
+    digest is computed (in Python) before it is pushed, which spreads the pushes over the run."""
+    lengths = [0, 111, 112, 5_000, 128 * 40 + 112, 70_000, 250_000]
+    for trial in range(12):
+        feed = native.Feed(48)
+        if lead == "chains":  # chain-heavy: 16 AVX-512 lanes, then the last ones on 8
+            jobs = [(random_body(64, 50 + i), 200 + 150 * i) for i in range(native.lanes() + 2)]
+        else:
+            jobs = [(random_body(300 * 1024 + trial, trial), 1 + trial % 2)]
+        for job in jobs:
+            feed.push(*job)
+        digests: list[list[bytes]] = []
+        runner = threading.Thread(target=lambda f=feed, out=digests: out.append(f.run()))
+        runner.start()
+        expected = [reference(b, n) for b, n in jobs]
+        for i in range(24):
+            body = random_body(lengths[(i + trial) % len(lengths)] + i, 1000 * trial + i)
+            iterations = [1, 2, 300][i % 3]
+            expected.append(reference(body, iterations))
+            if feed.push(body, iterations) is None:
+                expected.pop()
+                break
+        runner.join(60)
+        assert digests == [expected], f"trial {trial}: {len(expected)} jobs"
+
+
 def _import_with_env(value: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, DYNWORK_HASH_BACKEND=value)
     code = "import native; print(native.backend(), native.lanes())"
@@ -218,7 +282,7 @@ def test_env_var_unavailable_backend_fails_loudly(backend, value):
     assert "DYNWORK_HASH_BACKEND" in proc.stderr and value in proc.stderr
 
 
-@pytest.mark.parametrize("call", ["chain", "chain_many"])
+@pytest.mark.parametrize("call", ["chain", "chain_many", "feed"])
 def test_gil_released_during_c_call(call):
     """Another Python thread keeps running while a long chain is in C.
 
@@ -234,8 +298,12 @@ def test_gil_released_during_c_call(call):
         window.append(time.monotonic())
         if call == "chain":
             native.chain(b"gil", iterations)
-        else:
+        elif call == "chain_many":
             native.chain_many([(b"gil", iterations)])
+        else:
+            feed = native.Feed(1)
+            feed.push(b"gil", iterations)
+            feed.run()
         window.append(time.monotonic())
         done.set()
 

@@ -1,11 +1,13 @@
 """The server's hashing on arrival (server/arrival.py): cheap jobs on the event loop, dearer ones
-in one thread, batched through chain_many so bodies arriving together share the SIMD lanes."""
+in one thread, batched through a native.Feed so bodies arriving together share the SIMD lanes,
+and bodies arriving while a batch is hashed join it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -52,10 +54,10 @@ async def test_a_cheap_job_is_hashed_on_the_event_loop():
 async def test_a_failed_batch_refuses_each_of_its_jobs_with_a_503_and_the_next_batch_works(monkeypatch):
     with hashing() as hasher:
 
-        def broken(jobs):
+        def broken(feed):
             raise MemoryError("injected")
 
-        monkeypatch.setattr(native, "chain_many", broken)
+        monkeypatch.setattr(native.Feed, "run", broken)
         body = bytes(100_000)
         results = await asyncio.gather(hasher.chain(body, 1), hasher.chain(body, 2), return_exceptions=True)
         assert [type(r) for r in results] == [Unavailable, Unavailable]
@@ -75,3 +77,27 @@ async def test_a_waiter_that_goes_away_does_not_stop_the_others():
         assert await kept == chain(body, 2)
         with pytest.raises(asyncio.CancelledError):
             await gone
+
+
+@aio
+async def test_a_body_arriving_while_a_batch_is_hashed_joins_it_and_one_past_its_capacity_waits(monkeypatch):
+    started, release = threading.Event(), threading.Event()
+    real_run = native.Feed.run
+
+    def held_run(feed):  # the batch is being hashed until the test lets it go
+        started.set()
+        release.wait(30)
+        return real_run(feed)
+
+    monkeypatch.setattr(native.Feed, "run", held_run)
+    with hashing() as hasher:
+        first = asyncio.ensure_future(hasher.chain(bytes(100_000), 1))
+        assert await asyncio.to_thread(started.wait, 30)
+        later = [(os.urandom(50_000 + i), 1 + i % 2) for i in range(MAX_BATCH_JOBS)]
+        pending = [asyncio.ensure_future(hasher.chain(body, n)) for body, n in later]
+        await asyncio.sleep(0)  # each has pushed its body, or queued it for the next batch
+        assert hasher.joined == MAX_BATCH_JOBS - 1  # the batch had room for all but one
+        release.set()
+        assert await first == chain(bytes(100_000), 1)
+        assert await asyncio.gather(*pending) == [chain(body, n) for body, n in later]
+        assert hasher.batches == 2  # the one that did not fit went in a batch of its own

@@ -121,7 +121,12 @@ def chain_many(jobs: Sequence[tuple[bytes | bytearray | memoryview, int]]) -> li
         lens[i] = len(buf)
     out = ffi.new("uint8_t[]", DIGEST_SIZE * n)
     lib.dw_chain_many(n, ptrs, lens, iters, out)
-    raw = ffi.buffer(out)
+    return _digests(out, n)
+
+
+def _digests(out: Any, n: int) -> list[bytes]:
+    """The n 64-byte digests at `out`, one bytes object each."""
+    raw = ffi.buffer(out, DIGEST_SIZE * n)
     return [raw[DIGEST_SIZE * i : DIGEST_SIZE * (i + 1)] for i in range(n)]
 
 
@@ -155,8 +160,7 @@ class Feed:
     def run(self) -> list[bytes]:
         """Hashes the jobs until none is left and closes the feed; their digests, in push order."""
         n = lib.dw_feed_run(self._feed)
-        raw = ffi.buffer(lib.dw_feed_digests(self._feed), DIGEST_SIZE * n)
-        return [raw[DIGEST_SIZE * i : DIGEST_SIZE * (i + 1)] for i in range(n)]
+        return _digests(lib.dw_feed_digests(self._feed), n)
 
 
 def _select_at_import() -> None:

@@ -308,6 +308,18 @@ static job_rank *longest_first(size_t n, int lanes, const size_t *lens, const ui
     return order;
 }
 
+/* Hands out the n jobs given in r (longest first), then drives the lanes until all are done. */
+static void run(run_t *r, const dw_lane_kernel *narrower)
+{
+    job_rank *order = longest_first(r->n, r->k->lanes, r->lens, r->iterations);
+    r->order = order;
+    r->ordered = r->n;
+    for (int l = 0; l < r->k->lanes; l++)
+        assign(r, l);
+    drive(r, narrower != NULL && narrower->lanes < r->k->lanes ? narrower : NULL);
+    free(order);
+}
+
 void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_t n,
                   const uint8_t *const *data, const size_t *lens, const uint64_t *iterations,
                   uint8_t *out)
@@ -316,17 +328,11 @@ void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_
     memset(&r, 0, sizeof r);
     r.k = k;
     r.n = n;
-    job_rank *order = longest_first(n, k->lanes, lens, iterations);
-    r.order = order;
-    r.ordered = n;
     r.data = data;
     r.lens = lens;
     r.iterations = iterations;
     r.out = out;
-    for (int l = 0; l < k->lanes; l++)
-        assign(&r, l);
-    drive(&r, narrower != NULL && narrower->lanes < k->lanes ? narrower : NULL);
-    free(order);
+    run(&r, narrower);
 }
 
 void dw_lanes_feed(const dw_lane_kernel *k, const dw_lane_kernel *narrower, struct dw_feed *feed)
@@ -335,15 +341,10 @@ void dw_lanes_feed(const dw_lane_kernel *k, const dw_lane_kernel *narrower, stru
     memset(&r, 0, sizeof r);
     r.k = k;
     r.feed = feed;
+    r.n = dw_feed_pushed(feed); /* those pushed before the run go longest first */
     r.data = feed->data;
     r.lens = feed->lens;
     r.iterations = feed->iterations;
     r.out = feed->out;
-    r.n = r.ordered = dw_feed_pushed(feed); /* those pushed before the run go longest first */
-    job_rank *order = longest_first(r.n, k->lanes, r.lens, r.iterations);
-    r.order = order;
-    for (int l = 0; l < k->lanes; l++)
-        assign(&r, l);
-    drive(&r, narrower != NULL && narrower->lanes < k->lanes ? narrower : NULL);
-    free(order);
+    run(&r, narrower);
 }

@@ -47,32 +47,44 @@ static int mostly_bodies(size_t n, const size_t *lens, const uint64_t *iteration
     return blocks >= steps;
 }
 
-static void run_avx512(int bodies_on_one_group, size_t n, const uint8_t *const *data,
-                       const size_t *lens, const uint64_t *iterations, uint8_t *out)
+/* AVX-512's lead kernel: one group of 8 lanes for bodies, else 16, whose last 2 to 8 chains
+ * finish on one group of 8 (*narrower). */
+static const dw_lane_kernel *avx512_lead(int bodies_on_one_group, const dw_lane_kernel **narrower)
 {
-    if (bodies_on_one_group)
-        dw_lanes_run(&dw_avx512x8_kernel, NULL, n, data, lens, iterations, out);
-    else /* a batch's last 2 to 8 chains finish on one group of 8 lanes */
-        dw_lanes_run(&dw_avx512_kernel, &dw_avx512x8_kernel, n, data, lens, iterations, out);
+    *narrower = bodies_on_one_group ? NULL : &dw_avx512x8_kernel;
+    return bodies_on_one_group ? &dw_avx512x8_kernel : &dw_avx512_kernel;
 }
 #endif
+
+/* The lane kernel the backend leads these jobs with (a batch's, or those a feed has so far), and
+ * in *narrower the one its last jobs move to, or NULL; NULL for the scalar backend. */
+static const dw_lane_kernel *lead_kernel(int backend, size_t n, const size_t *lens, const uint64_t *iterations,
+                                         const dw_lane_kernel **narrower)
+{
+    *narrower = NULL;
+    switch (backend) {
+#ifdef DW_X86
+    case DW_BACKEND_AVX2:
+        return &dw_avx2_kernel;
+    case DW_BACKEND_AVX512:
+        return avx512_lead(mostly_bodies(n, lens, iterations), narrower);
+#endif
+    default:
+        (void)n, (void)lens, (void)iterations;
+        return NULL;
+    }
+}
 
 static void run_backend(int backend, size_t n, const uint8_t *const *data, const size_t *lens,
                         const uint64_t *iterations, uint8_t *out)
 {
-    switch (backend) {
-#ifdef DW_X86
-    case DW_BACKEND_AVX2:
-        dw_lanes_run(&dw_avx2_kernel, NULL, n, data, lens, iterations, out);
+    const dw_lane_kernel *narrower, *k = lead_kernel(backend, n, lens, iterations, &narrower);
+    if (k != NULL) {
+        dw_lanes_run(k, narrower, n, data, lens, iterations, out);
         return;
-    case DW_BACKEND_AVX512:
-        run_avx512(mostly_bodies(n, lens, iterations), n, data, lens, iterations, out);
-        return;
-#endif
-    default:
-        for (size_t i = 0; i < n; i++)
-            dw_chain(data[i], lens[i], iterations[i], out + DW_DIGEST_SIZE * i);
     }
+    for (size_t i = 0; i < n; i++) /* one chain cannot fill vector lanes */
+        dw_chain(data[i], lens[i], iterations[i], out + DW_DIGEST_SIZE * i);
 }
 
 /* A known-answer check against the scalar kernel before a SIMD kernel is ever used: more jobs
@@ -99,8 +111,9 @@ static int self_test(int backend)
 #ifdef DW_X86
     if (backend == DW_BACKEND_AVX512) { /* both ways of leading a batch, whichever a batch picks */
         for (int one_group = 0; one_group < 2; one_group++) {
+            const dw_lane_kernel *narrower, *k = avx512_lead(one_group, &narrower);
             memset(got, 0, sizeof got);
-            run_avx512(one_group, JOBS, data, lens, iterations, got);
+            dw_lanes_run(k, narrower, JOBS, data, lens, iterations, got);
             if (memcmp(got, want, sizeof got) != 0)
                 return -1;
         }
@@ -225,24 +238,16 @@ static void feed_scalar(dw_feed *feed)
 
 size_t dw_feed_run(dw_feed *feed)
 {
-    size_t pushed = dw_feed_pushed(feed);
-    if (__atomic_load_n(&feed->state, __ATOMIC_ACQUIRE) & DW_FEED_CLOSED)
-        return pushed; /* run once */
-    switch (dw_current_backend()) {
-#ifdef DW_X86
-    case DW_BACKEND_AVX2:
-        dw_lanes_feed(&dw_avx2_kernel, NULL, feed);
-        break;
-    case DW_BACKEND_AVX512: /* the jobs pushed so far choose the kernel, as a batch's do */
-        if (mostly_bodies(pushed, feed->lens, feed->iterations))
-            dw_lanes_feed(&dw_avx512x8_kernel, NULL, feed);
-        else
-            dw_lanes_feed(&dw_avx512_kernel, &dw_avx512x8_kernel, feed);
-        break;
-#endif
-    default:
+    size_t state = __atomic_load_n(&feed->state, __ATOMIC_ACQUIRE);
+    if (state & DW_FEED_CLOSED)
+        return state & ~DW_FEED_CLOSED; /* run once */
+    /* the jobs pushed so far choose the kernels, as a batch's do */
+    const dw_lane_kernel *narrower,
+        *k = lead_kernel(dw_current_backend(), state, feed->lens, feed->iterations, &narrower);
+    if (k != NULL)
+        dw_lanes_feed(k, narrower, feed);
+    else
         feed_scalar(feed);
-    }
     return dw_feed_pushed(feed);
 }
 

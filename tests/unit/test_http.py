@@ -171,17 +171,22 @@ async def test_no_connection_proves_nothing_was_sent():
     assert str(exc.value) == f"{url} PUT /enqueue: connection refused"
 
 
+LOST_S = 1.0
+
+
 @aio
 async def test_a_lost_answer_is_not_repeated_unless_idempotent():
+    # The client gives up after LOST_S; the server (on this same event loop) must have taken the
+    # request by then, which 0.2 s did not always allow late in a loaded full run (0 hits).
     async with serving(Reply(200, {}, delay_s=30)) as fake:
         transport = AiohttpTransport()
         try:
             with pytest.raises(Unavailable) as exc:
-                await client(fake.url, transport, timeout_s=0.2).call("POST", "/x", idempotent=False, retries=2)
+                await client(fake.url, transport, timeout_s=LOST_S).call("POST", "/x", idempotent=False, retries=2)
             assert len(fake.hits) == 1
             assert exc.value.reason == "timed out" and not exc.value.not_done and exc.value.status is None
             with pytest.raises(Unavailable):
-                await client(fake.url, transport, timeout_s=0.2).call("GET", "/x", retries=1)
+                await client(fake.url, transport, timeout_s=LOST_S).call("GET", "/x", retries=1)
             assert len(fake.hits) == 3  # the read was repeated once
         finally:
             await transport.close()

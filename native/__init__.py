@@ -162,6 +162,19 @@ class Feed:
         n = lib.dw_feed_run(self._feed)
         return _digests(lib.dw_feed_digests(self._feed), n)
 
+    def notify(self, fd: int) -> None:
+        """Before the run: it writes an 8-byte 1 to `fd` (an eventfd, open until the run returns)
+        when a job is done and none was since the last call to `finished`."""
+        lib.dw_feed_notify(self._feed, fd)
+
+    def finished(self, start: int = 0) -> list[tuple[int, bytes]]:
+        """The jobs done so far, from the start-th done on, as (index, digest), in the order they
+        were done; from the pushing thread while the run goes on, or after it."""
+        n = int(lib.dw_feed_finished(self._feed))
+        order, out = lib.dw_feed_finish_order(self._feed), lib.dw_feed_digests(self._feed)
+        raw = ffi.buffer(out, DIGEST_SIZE * self.capacity)
+        return [(j, raw[DIGEST_SIZE * j : DIGEST_SIZE * (j + 1)]) for j in (int(order[i]) for i in range(start, n))]
+
 
 def _select_at_import() -> None:
     forced = os.environ.get(ENV_BACKEND, "").strip().lower()

@@ -84,6 +84,10 @@ struct dw_feed {
     size_t *lens;
     uint64_t *iterations;
     uint8_t *out;
+    size_t *finish_order; /* indexes of the jobs done, the first `finished` of them published */
+    size_t finished;
+    int notify_fd;        /* -1: nobody to wake */
+    int notified;         /* fd written since the pushing thread last looked */
 };
 #define DW_FEED_CLOSED ((size_t)1 << (sizeof(size_t) * 8 - 1))
 
@@ -99,6 +103,9 @@ static inline int dw_feed_close(struct dw_feed *feed, size_t taken)
     return __atomic_compare_exchange_n(&feed->state, &taken, taken | DW_FEED_CLOSED, 0, __ATOMIC_ACQ_REL,
                                        __ATOMIC_ACQUIRE);
 }
+
+/* Publishes job j of the feed, whose digest is stored (the run's thread only). */
+void dw_feed_done(struct dw_feed *feed, size_t j);
 
 /* The driver on a feed: like dw_lanes_run, on the jobs pushed before and while it runs. */
 void dw_lanes_feed(const dw_lane_kernel *k, const dw_lane_kernel *narrower, struct dw_feed *feed);

@@ -95,6 +95,8 @@ static void retire(run_t *r, int l)
     for (int i = 0; i < 8; i++)
         h[i] = r->st[i * L + l];
     dw_store_digest(h, r->out + 64 * r->lane[l].job);
+    if (r->feed != NULL)
+        dw_feed_done(r->feed, r->lane[l].job);
     r->busy--;
     assign(r, l);
 }
@@ -222,6 +224,8 @@ static void finish_scalar(run_t *r)
             return;
         }
         dw_store_digest(h, r->out + 64 * ln->job);
+        if (r->feed != NULL)
+            dw_feed_done(r->feed, ln->job);
         ln->phase = IDLE;
         r->busy--;
     }

@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Written once at import (under the GIL) and read by every hashing thread; relaxed atomics make
  * a first use from two threads at once well defined (both compute the same value). */
@@ -193,7 +194,7 @@ void dw_chain_many(size_t n, const uint8_t *const *data, const size_t *lens,
 
 dw_feed *dw_feed_new(size_t capacity)
 {
-    size_t each = sizeof(const uint8_t *) + sizeof(size_t) + sizeof(uint64_t) + DW_DIGEST_SIZE;
+    size_t each = sizeof(const uint8_t *) + 2 * sizeof(size_t) + sizeof(uint64_t) + DW_DIGEST_SIZE;
     if (capacity == 0 || capacity > (SIZE_MAX - sizeof(dw_feed)) / each || capacity >= DW_FEED_CLOSED)
         return NULL;
     dw_feed *feed = calloc(1, sizeof *feed + capacity * each);
@@ -203,7 +204,9 @@ dw_feed *dw_feed_new(size_t capacity)
     feed->data = (const uint8_t **)(feed + 1);
     feed->lens = (size_t *)(feed->data + capacity);
     feed->iterations = (uint64_t *)(feed->lens + capacity);
-    feed->out = (uint8_t *)(feed->iterations + capacity);
+    feed->finish_order = (size_t *)(feed->iterations + capacity);
+    feed->out = (uint8_t *)(feed->finish_order + capacity);
+    feed->notify_fd = -1;
     return feed;
 }
 
@@ -226,13 +229,46 @@ long dw_feed_push(dw_feed *feed, const uint8_t *data, size_t len, uint64_t itera
     return (long)s;
 }
 
+void dw_feed_notify(dw_feed *feed, int fd)
+{
+    feed->notify_fd = fd;
+}
+
+/* Sequentially consistent on both sides, so a job done just after the pushing thread looked is
+ * never left without a wake-up: either it saw the new count, or the run sees the flag cleared. */
+void dw_feed_done(dw_feed *feed, size_t j)
+{
+    size_t n = feed->finished; /* only this thread writes it */
+    feed->finish_order[n] = j;
+    __atomic_store_n(&feed->finished, n + 1, __ATOMIC_SEQ_CST);
+    if (feed->notify_fd >= 0 && !__atomic_exchange_n(&feed->notified, 1, __ATOMIC_SEQ_CST)) {
+        uint64_t one = 1;
+        /* It cannot fail on an open eventfd; if it did, the news would only wait for the run's end. */
+        ssize_t written = write(feed->notify_fd, &one, sizeof one);
+        (void)written;
+    }
+}
+
+size_t dw_feed_finished(dw_feed *feed)
+{
+    __atomic_store_n(&feed->notified, 0, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(&feed->finished, __ATOMIC_SEQ_CST);
+}
+
+const size_t *dw_feed_finish_order(const dw_feed *feed)
+{
+    return feed->finish_order;
+}
+
 /* The scalar backend on a feed: one job after another, then a look for more. */
 static void feed_scalar(dw_feed *feed)
 {
     size_t done = 0;
     do {
-        for (size_t n = dw_feed_pushed(feed); done < n; done++)
+        for (size_t n = dw_feed_pushed(feed); done < n; done++) {
             dw_chain(feed->data[done], feed->lens[done], feed->iterations[done], feed->out + DW_DIGEST_SIZE * done);
+            dw_feed_done(feed, done);
+        }
     } while (!dw_feed_close(feed, done));
 }
 

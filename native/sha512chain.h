@@ -44,6 +44,16 @@ long dw_feed_push(dw_feed *feed, const uint8_t *data, size_t len, uint64_t itera
 size_t dw_feed_run(dw_feed *feed);
 const uint8_t *dw_feed_digests(const dw_feed *feed);
 
+/* Each job's digest is published as soon as the job is done, while the run goes on: the pushing
+ * thread may call dw_feed_finished at any time for how many are done so far; the first that many
+ * entries of dw_feed_finish_order are their indexes, in the order they were done, and their
+ * digests are in place. With dw_feed_notify(feed, fd) before the run, the run writes an 8-byte 1
+ * to fd (an eventfd) when a job is done and none was since the last dw_feed_finished call; the fd
+ * must stay open until the run returns. */
+void dw_feed_notify(dw_feed *feed, int fd);
+size_t dw_feed_finished(dw_feed *feed);
+const size_t *dw_feed_finish_order(const dw_feed *feed);
+
 /* 1 when the CPU (and OS) can run the backend and its kernel passed a known-answer self-test
  * against the scalar kernel (run once, on first use), 0 when the CPU lacks it, -1 when it failed
  * the self-test. dw_backend_supported: status == 1. */

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import select
 import subprocess
 import sys
 import threading
@@ -248,6 +249,7 @@ def test_jobs_pushed_while_a_feed_runs_join_it_and_every_digest_is_right(lead):
         runner = threading.Thread(target=lambda f=feed, out=digests: out.append(f.run()))
         runner.start()
         expected = [reference(b, n) for b, n in jobs]
+        seen: list[tuple[int, bytes]] = []
         for i in range(24):
             body = random_body(lengths[(i + trial) % len(lengths)] + i, 1000 * trial + i)
             iterations = [1, 2, 300][i % 3]
@@ -255,8 +257,41 @@ def test_jobs_pushed_while_a_feed_runs_join_it_and_every_digest_is_right(lead):
             if feed.push(body, iterations) is None:
                 expected.pop()
                 break
+            seen += feed.finished(len(seen))  # published while the run goes on: never twice, never wrong
         runner.join(60)
         assert digests == [expected], f"trial {trial}: {len(expected)} jobs"
+        seen += feed.finished(len(seen))
+        assert sorted(j for j, _ in seen) == list(range(len(expected)))
+        assert all(digest == expected[j] for j, digest in seen)
+
+
+def test_a_feed_publishes_each_job_as_it_is_done_and_wakes_the_pushing_thread():
+    """Three short bodies beside a long chain (about half a second): their digests are published,
+    and the eventfd written, while the chain still runs; the rest comes by the end, each job once,
+    in the order they were done, with the digests that `run` returns."""
+    jobs = [(random_body(5_000 * (i + 1), i), 1 + i) for i in range(3)] + [(b"long", 1_500_000)]
+    feed = native.Feed(8)
+    for job in jobs:  # short ones first: the scalar backend takes a feed's jobs in push order
+        feed.push(*job)
+    wake = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        feed.notify(wake)
+        digests: list[list[bytes]] = []
+        runner = threading.Thread(target=lambda: digests.append(feed.run()))
+        runner.start()
+        readable, _, _ = select.select([wake], [], [], 60)
+        assert readable and os.eventfd_read(wake) >= 1
+        first = feed.finished()
+        runner.join(60)
+    finally:
+        os.close(wake)
+    expected = [reference(b, n) for b, n in jobs]
+    assert first and {j for j, _ in first} <= {0, 1, 2}, "the long chain was done before any short job was seen"
+    assert all(digest == expected[j] for j, digest in first)
+    rest = feed.finished(len(first))
+    assert sorted(j for j, _ in first + rest) == [0, 1, 2, 3] and rest[-1][0] == 3
+    assert all(digest == expected[j] for j, digest in rest)
+    assert digests == [expected] and feed.finished() == first + rest
 
 
 def _import_with_env(value: str) -> subprocess.CompletedProcess:

@@ -101,3 +101,18 @@ async def test_a_body_arriving_while_a_batch_is_hashed_joins_it_and_one_past_its
         assert await first == chain(bytes(100_000), 1)
         assert await asyncio.gather(*pending) == [chain(body, n) for body, n in later]
         assert hasher.batches == 2  # the one that did not fit went in a batch of its own
+
+
+@aio
+async def test_a_short_job_is_answered_while_a_longer_one_in_its_batch_is_still_hashed():
+    """Each job's result is set as soon as the hashing thread publishes it (an eventfd wakes the
+    event loop), not when the whole batch is done: the short body here is answered while the long
+    chain beside it (about half a second) still runs."""
+    with hashing() as hasher:
+        body = os.urandom(100_000)
+        short = asyncio.ensure_future(hasher.chain(body, 1))  # first: a scalar-only CPU goes in push order
+        long_chain = asyncio.ensure_future(hasher.chain(b"long", 1_500_000))
+        assert await short == chain(body, 1)
+        assert not long_chain.done(), "the short job's result waited for the long one"
+        assert await long_chain == native.chain(b"long", 1_500_000)
+        assert hasher.batches == 1  # both in one batch

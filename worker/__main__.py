@@ -9,7 +9,7 @@ import signal
 import sys
 
 from common import loop
-from common.malloc import keep_freed_body_memory
+from common.malloc import LEASE_MMAP_THRESHOLD, LEASE_TRIM_THRESHOLD, keep_freed_body_memory
 from common.settings import SettingsError, read_token
 from worker.config import load_settings
 from worker.runner import Worker
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     import native  # imported late: --help works without the compiled module
 
-    keep_freed_body_memory()  # leased bodies come one after another, as on the servers
+    keep_freed_body_memory(LEASE_MMAP_THRESHOLD, LEASE_TRIM_THRESHOLD)  # lease answers of many bodies each
     worker = Worker(settings, token, hasher=native.chain_many, lanes=native.lanes())
     code = loop.run(_run(worker))
     if worker.abandoned_hashing:

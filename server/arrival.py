@@ -42,11 +42,15 @@ class ArrivalHasher:
         self._batch: _Batch | None = None  # the batch being hashed, while it takes more
         self.batches = 0  # batches hashed in the thread so far
         self.joined = 0  # jobs that joined a batch already being hashed
+        self.in_thread = 0  # jobs hashed in the thread, in batches (joined ones too)
+        self.on_loop = 0  # jobs cheap enough to hash on the event loop
 
     async def chain(self, body: bytes, iterations: int) -> bytes:
         """native.chain(body, iterations), computed where it costs least."""
         if compressions(iterations, len(body)) <= ON_LOOP_MAX:
+            self.on_loop += 1
             return reference.chain(body, iterations)
+        self.in_thread += 1
         done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         if self._batch is not None and self._batch.feed.push(body, iterations) is not None:
             self._batch.done.append(done)

@@ -170,6 +170,18 @@ class NodeGauges(Collector):
         launched = CounterMetricFamily("dynwork_workers_launched", "Workers this server has launched.")
         launched.add_metric([], float(node.guard.launched_total))
         yield launched
+        hasher = scheduler.hasher
+        hashed = CounterMetricFamily(
+            "dynwork_arrival_hashed", "Jobs hashed on arrival by this server, by where.", labels=["where"]
+        )
+        hashed.add_metric(["loop"], float(hasher.on_loop))
+        hashed.add_metric(["thread"], float(hasher.in_thread))
+        yield hashed
+        batches = CounterMetricFamily(
+            "dynwork_arrival_batches", "Batches the hashing thread ran (jobs that joined one are in it)."
+        )
+        batches.add_metric([], float(hasher.batches))
+        yield batches
         try:
             disk = shutil.disk_usage(node.settings.state_dir)
         except OSError:  # not created yet, or gone: absent rather than a failed scrape

@@ -156,3 +156,19 @@ def test_json_log_lines_follow_a_job_and_no_log_line_holds_a_secret(make_cluster
         text = log.read_text(errors="replace")
         for secret in secrets:
             assert secret not in text, f"{log.name} holds a secret"
+
+
+def test_hashing_on_arrival_is_counted_by_where_and_in_batches(make_cluster):
+    """The tiniest job is hashed on the event loop, dearer ones in the hashing thread's batches;
+    the counters say so (the dashboard divides them: jobs per batch)."""
+    c = make_cluster(launcher="none", hash_on_arrival=512)
+    before = scrape(c.a)
+    assert value(before, "dynwork_arrival_hashed", {"where": "loop"}, "_total") == 0
+    assert value(before, "dynwork_arrival_batches", suffix="_total") == 0
+    for body, iterations in ((b"tiny", 1), (bytes(100_000), 1), (bytes(120_000), 3)):
+        resp = http("PUT", f"{c.a.url}/enqueue?iterations={iterations}", data=body)
+        assert resp.status == 200 and resp.json()["result"] == reference(body, iterations)
+    after = scrape(c.a)
+    assert value(after, "dynwork_arrival_hashed", {"where": "loop"}, "_total") == 1
+    assert value(after, "dynwork_arrival_hashed", {"where": "thread"}, "_total") == 2
+    assert value(after, "dynwork_arrival_batches", suffix="_total") == 2  # one at a time: a batch each

@@ -141,7 +141,11 @@ class _Wake:
                 os.eventfd_read(wake.fd)
             on_wake()
 
-        loop.add_reader(wake.fd, woken)
+        try:
+            loop.add_reader(wake.fd, woken)
+        except (NotImplementedError, OSError):  # a loop that cannot watch fds: whole batches it is
+            os.close(wake.fd)
+            return None
         return wake
 
     def close(self, busy_pool: concurrent.futures.ThreadPoolExecutor | None) -> None:

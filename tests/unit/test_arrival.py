@@ -116,3 +116,16 @@ async def test_a_short_job_is_answered_while_a_longer_one_in_its_batch_is_still_
         assert not long_chain.done(), "the short job's result waited for the long one"
         assert await long_chain == native.chain(b"long", 1_500_000)
         assert hasher.batches == 1  # both in one batch
+
+
+@aio
+async def test_without_an_eventfd_to_watch_a_batch_is_answered_when_it_is_done(monkeypatch):
+    """Where the loop cannot watch the eventfd, jobs still get their results, with the batch."""
+
+    def no_readers(*args):
+        raise NotImplementedError
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "add_reader", no_readers)
+    with hashing() as hasher:
+        jobs = [(os.urandom(60_000 + i), 1 + i) for i in range(5)]
+        assert await asyncio.gather(*(hasher.chain(b, n) for b, n in jobs)) == [chain(b, n) for b, n in jobs]

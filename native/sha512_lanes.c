@@ -87,6 +87,14 @@ static void assign(run_t *r, int l)
     r->busy++;
 }
 
+/* Stores a finished job's digest from state h; on a feed, also publishes it. */
+static void store_done(run_t *r, size_t job, const uint64_t h[8])
+{
+    dw_store_digest(h, r->out + 64 * job);
+    if (r->feed != NULL)
+        dw_feed_done(r->feed, job);
+}
+
 /* Stores a finished lane's digest and refills the lane. */
 static void retire(run_t *r, int l)
 {
@@ -94,9 +102,7 @@ static void retire(run_t *r, int l)
     int L = r->k->lanes;
     for (int i = 0; i < 8; i++)
         h[i] = r->st[i * L + l];
-    dw_store_digest(h, r->out + 64 * r->lane[l].job);
-    if (r->feed != NULL)
-        dw_feed_done(r->feed, r->lane[l].job);
+    store_done(r, r->lane[l].job, h);
     r->busy--;
     assign(r, l);
 }
@@ -223,9 +229,7 @@ static void finish_scalar(run_t *r)
                 r->st[i * L + l] = h[i];
             return;
         }
-        dw_store_digest(h, r->out + 64 * ln->job);
-        if (r->feed != NULL)
-            dw_feed_done(r->feed, ln->job);
+        store_done(r, ln->job, h);
         ln->phase = IDLE;
         r->busy--;
     }

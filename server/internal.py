@@ -69,6 +69,7 @@ async def lease(request: web.Request) -> web.StreamResponse:
     async def deliver(grant: LeaseGrant) -> None:
         header = {
             "lease_s": grant.lease_s,
+            "more": grant.more,
             "jobs": [
                 {"work_id": str(j.work_id), "lease_id": j.lease_id, "iterations": j.iterations, "size": len(j.body)}
                 for j in grant.jobs

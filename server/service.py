@@ -71,6 +71,7 @@ class LeasedJob:
 class LeaseGrant:
     lease_s: float
     jobs: list[LeasedJob]
+    more: bool = False  # jobs were still queued here after these were taken
 
 
 Deliver = Callable[[LeaseGrant], Awaitable[None]]
@@ -239,7 +240,7 @@ class Service:
         handed = await self.scheduler.lease(worker, min(max_jobs, self.settings.lease_batch_max), wait_s)
         jobs = [LeasedJob(lease.job.work_id(self.name), lease.lease_id, lease.job.iterations, b) for lease, b in handed]
         try:
-            await deliver(LeaseGrant(self.settings.lease_s, jobs))
+            await deliver(LeaseGrant(self.settings.lease_s, jobs, more=bool(self.scheduler.queued)))
         except (ConnectionError, asyncio.CancelledError):
             # The worker never got these jobs: put them back now instead of when the lease expires.
             if handed:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from common.http import HttpClient, Refused, Transport, Unavailable
 from common.wire import WORKER_ID_HEADER, ProtocolError, unpack_lease
@@ -42,6 +42,15 @@ class LeasedJob:
         return self.work_id, self.lease_id
 
 
+class Leased(NamedTuple):
+    """A lease answer: how long its leases last, its jobs, and whether the server still had
+    jobs queued after these (a server from before that field: whether any came)."""
+
+    lease_s: float
+    jobs: list[LeasedJob]
+    more: bool
+
+
 def refused_ids(exc: Refused) -> set[str]:
     """The work ids a 409 answer lists as refused (empty when it lists none)."""
     try:
@@ -61,8 +70,8 @@ class ServerClient:
             headers={"Authorization": f"Bearer {credential}", WORKER_ID_HEADER: worker_id},
         )
 
-    async def lease(self, max_jobs: int, wait_s: float) -> tuple[float, list[LeasedJob]]:
-        """(lease seconds, jobs): long-polls up to wait_s for at least one job."""
+    async def lease(self, max_jobs: int, wait_s: float) -> Leased:
+        """Up to max_jobs jobs; long-polls up to wait_s for at least one."""
         answer = await self.http.call(
             "POST",
             f"/internal/lease?max={max_jobs}&wait={wait_s:.3f}",
@@ -75,7 +84,10 @@ class ServerClient:
                 LeasedJob(str(j["work_id"]), str(j["lease_id"]), int(j["iterations"]), body, self.url)
                 for j, body in zip(header["jobs"], bodies, strict=True)
             ]
-            return float(header["lease_s"]), jobs
+            more = header.get("more", bool(jobs))
+            if not isinstance(more, bool):
+                raise ProtocolError(f"bad lease header more {more!r}")
+            return Leased(float(header["lease_s"]), jobs, more)
         except (ProtocolError, KeyError, TypeError, ValueError) as exc:
             raise Unavailable(f"{self.url}: {exc}", url=self.url) from None
 

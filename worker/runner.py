@@ -22,7 +22,7 @@ import aiohttp
 
 from common.cost import ON_LOOP_MAX_COMPRESSIONS, compressions, job_cost
 from common.http import AiohttpTransport, Refused, Unauthorized, Unavailable
-from worker.client import Held, LeasedJob, Report, ServerClient
+from worker.client import Held, Leased, LeasedJob, Report, ServerClient
 from worker.config import WorkerSettings
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Server(Protocol):
 
     url: str
 
-    async def lease(self, max_jobs: int, wait_s: float) -> tuple[float, list[LeasedJob]]: ...
+    async def lease(self, max_jobs: int, wait_s: float) -> Leased: ...
 
     async def complete(self, results: list[Report], failures: list[Report], stats: dict[str, Any]) -> int: ...
 
@@ -90,8 +90,7 @@ class Worker:
         self._work_ready = asyncio.Event()
         self._room = asyncio.Event()
         self._heartbeat_due = asyncio.Event()
-        self._own_idle = asyncio.Event()  # set once the own server's last lease brought nothing
-        self._own_answered = False
+        self._own_idle = asyncio.Event()  # set while the own server has nothing queued (its last answer said so)
         self._flush_wanted = {url: asyncio.Event() for url in settings.servers}
         self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="hash")
         self.clients: list[Server] = []
@@ -218,21 +217,20 @@ class Worker:
             if not own and not self._own_idle.is_set():
                 await self._own_idle.wait()  # the own server's work comes first
                 continue
-            # The own server's first answer comes at once (no long-poll): the peer waits only for it.
-            wait_s = self.settings.lease_wait_s if not own or self._own_answered else 0.0
+            # The own server answers at once (no long-poll) until it says it has nothing queued:
+            # only then does the peer's work flow, and a long-poll there waits for new work.
+            wait_s = self.settings.lease_wait_s if not own or self._own_idle.is_set() else 0.0
             leased = await self._lease_once(client, room, wait_s, own=own)
             if leased is None:
                 await backoff.sleep()
                 continue
-            lease_s, jobs = leased
+            lease_s, jobs, more = leased
             backoff.reset()
-            if own:
-                self._own_answered = True
             if lease_s < self.lease_s:
                 self.lease_s = lease_s
                 self._heartbeat_due.set()  # the current sleep may be longer than this lease
             if own:
-                if jobs:
+                if more:
                     self._own_idle.clear()
                 else:
                     self._own_idle.set()
@@ -241,9 +239,7 @@ class Worker:
                 self.last_work = time.monotonic()
                 self._work_ready.set()
 
-    async def _lease_once(
-        self, client: Server, room: int, wait_s: float, *, own: bool
-    ) -> tuple[float, list[LeasedJob]] | None:
+    async def _lease_once(self, client: Server, room: int, wait_s: float, *, own: bool) -> Leased | None:
         """One lease call; None when it failed (and may be retried after a back-off)."""
         try:
             return await client.lease(room, wait_s)

@@ -76,8 +76,10 @@ async def test_the_worker_client_and_the_server_agree_on_leases_and_reports(tmp_
     async with worker_clients(tmp_path, "w1", "w2") as (node, (w1, w2)):
         for body in (b"one", b"two"):
             await node.service.enqueue(2, Upload(body))
-        _, (mine,) = await w1.lease(1, 0)
-        _, (theirs,) = await w2.lease(1, 0)
+        _, (mine,), more = await w1.lease(1, 0)
+        assert more  # "two" is still queued
+        _, (theirs,), more = await w2.lease(1, 0)
+        assert not more
         assert await w1.heartbeat([mine.held], {"busy": True}) == []
         digest = chain(mine.body, 2).hex()
         assert await w1.complete([(*mine.held, digest)], [], {"rate": 10.0}) == 1

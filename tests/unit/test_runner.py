@@ -20,7 +20,7 @@ import pytest
 from common import http
 from native.reference import chain
 from tests.unit.support import aio, until
-from worker.client import Held, LeasedJob, Report
+from worker.client import Held, Leased, LeasedJob, Report
 from worker.config import WorkerSettings
 from worker.runner import INLINE_HASH_MAX, Backoff, Worker
 
@@ -94,8 +94,8 @@ class FakeServer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), wait_s)
         jobs = [self.queue.popleft() for _ in range(min(max_jobs, len(self.queue)))]
-        self.events.append(("leased", self.url, len(jobs)))
-        return self.lease_s, jobs
+        self.events.append(("leased", self.url, len(jobs), bool(self.queue)))
+        return Leased(self.lease_s, jobs, bool(self.queue))
 
     def _ours(self, work_id: str, lease_id: str) -> bool:
         """Whether the entry names the lease this server handed out for the job."""
@@ -190,13 +190,13 @@ async def test_results_go_to_the_owning_server_in_batches_with_the_right_digests
 
 
 def peer_leases_while_own_busy(events: list[tuple[Any, ...]], *, from_start: bool) -> list[int]:
-    """Indices of peer lease calls made while the own server's last answer brought work
-    (or, from_start, before the own server answered at all)."""
-    bad, last_own = [], None
+    """Indices of peer lease calls made while the own server's last answer said it had more
+    queued (or, from_start, before the own server answered at all)."""
+    bad, own_more = [], None
     for i, event in enumerate(events):
         if event[:2] == ("leased", OWN):
-            last_own = event[2]
-        elif event == ("lease", PEER) and ((last_own is None and from_start) or last_own):
+            own_more = event[3]
+        elif event == ("lease", PEER) and ((own_more is None and from_start) or own_more):
             bad.append(i)
     return bad
 
@@ -214,6 +214,20 @@ async def test_the_peer_is_leased_only_while_the_own_server_is_idle():
 
 
 @aio
+async def test_the_peers_work_flows_as_soon_as_the_own_server_has_nothing_more_queued():
+    events: list[tuple[Any, ...]] = []
+    own, peer = FakeServer(OWN, events), FakeServer(PEER, events)
+    own.add(3)  # fewer than the worker asks for: the answer says nothing more is queued
+    peer.add(5)
+    # A long-poll on the drained own server would hold the peer's work back for a minute.
+    worker = make_worker(Hasher(), [OWN, PEER], lanes=4, lease_wait_s=60.0)
+    await run_until(worker, [own, peer], lambda: len(own.completed) + len(peer.completed) == 8, "every result")
+    assert own.completed == own.expected and peer.completed == peer.expected
+    assert ("leased", OWN, 3, False) in events
+    assert peer_leases_while_own_busy(events, from_start=True) == []
+
+
+@aio
 async def test_a_starting_worker_asks_its_own_server_first():
     events: list[tuple[Any, ...]] = []
     own, peer = FakeServer(OWN, events), FakeServer(PEER, events)
@@ -222,8 +236,11 @@ async def test_a_starting_worker_asks_its_own_server_first():
     worker = make_worker(Hasher(), [OWN, PEER])
     await run_until(worker, [own, peer], lambda: len(own.completed) + len(peer.completed) == 8, "every result")
     assert peer_leases_while_own_busy(events, from_start=True) == []
-    # the own server's first answer comes at once; long-polls (lease_wait_s) only after it
-    assert own.lease_waits[0] == 0.0 and set(own.lease_waits[1:]) == {0.05}
+    # the own server answers at once until it says it has nothing queued; only then a long-poll
+    said_more = [e[3] for e in events if e[:2] == ("leased", OWN)]
+    assert own.lease_waits[0] == 0.0 and said_more[0]  # 4 queued, 2 asked for
+    assert own.lease_waits[1:] == [0.0 if more else 0.05 for more in said_more[: len(own.lease_waits) - 1]]
+    assert 0.05 in own.lease_waits
 
 
 @aio

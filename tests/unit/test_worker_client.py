@@ -84,25 +84,32 @@ def held(n: int) -> tuple[str, str]:
 async def test_a_lease_answer_is_unpacked_and_a_malformed_one_is_unavailable():
     header = {
         "lease_s": 12.0,
+        "more": False,
         "jobs": [{"work_id": "a.1.abcdef", "lease_id": "L1", "iterations": 5, "size": 3}],
     }
     good = Reply(body=b"".join(pack_lease(header, [b"abc"])))
+    older = Reply(body=b"".join(pack_lease({k: v for k, v in header.items() if k != "more"}, [b"abc"])))
     bad = Reply(body=b"".join(pack_lease({**header, "jobs": [{"work_id": "a.1.abcdef", "size": 3}]}, [b"abc"])))
-    async with serving(good, bad) as fake:
+    bad_more = Reply(body=b"".join(pack_lease({**header, "more": "no"}, [b"abc"])))
+    async with serving(good, older, bad, bad_more) as fake:
         transport = AiohttpTransport()
         try:
             client = ServerClient(fake.url, "dw1.credential", "w7", transport)
-            lease_s, (job,) = await client.lease(4, 1.5)
-            assert (lease_s, job.work_id, job.lease_id, job.iterations, job.body) == (
+            lease_s, (job,), more = await client.lease(4, 1.5)
+            assert (lease_s, more, job.work_id, job.lease_id, job.iterations, job.body) == (
                 12.0,
+                False,
                 "a.1.abcdef",
                 "L1",
                 5,
                 b"abc",
             )
             assert job.held == ("a.1.abcdef", "L1") and job.server == fake.url
-            with pytest.raises(http.Unavailable):
-                await client.lease(4, 0)  # no lease id: not a lease
+            # a server from before "more": jobs in the answer mean there may be more
+            assert (await client.lease(4, 0)).more is True
+            for _ in range(2):  # no lease id: not a lease; "more" not a boolean
+                with pytest.raises(http.Unavailable):
+                    await client.lease(4, 0)
         finally:
             await transport.close()
         hit = fake.hits[0]

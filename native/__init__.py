@@ -143,7 +143,7 @@ class Feed:
         if feed == ffi.NULL:
             raise ValueError(f"cannot make a feed of {capacity} jobs")
         self._feed = ffi.gc(feed, lib.dw_feed_free)
-        self._keep: list[Any] = []  # the from_buffer objects must outlive the run
+        self._keep: list[Any] = []  # each job's from_buffer object, by index, until the job is done
         self.capacity = capacity
 
     def push(self, data: bytes | bytearray | memoryview, iterations: int) -> int | None:
@@ -173,7 +173,10 @@ class Feed:
         n = int(lib.dw_feed_finished(self._feed))
         order, out = lib.dw_feed_finish_order(self._feed), lib.dw_feed_digests(self._feed)
         raw = ffi.buffer(out, DIGEST_SIZE * self.capacity)
-        return [(j, raw[DIGEST_SIZE * j : DIGEST_SIZE * (j + 1)]) for j in (int(order[i]) for i in range(start, n))]
+        done = [int(order[i]) for i in range(start, n)]
+        for j in done:  # a done job's body is read no more: a long run need not keep every body
+            self._keep[j] = None
+        return [(j, raw[DIGEST_SIZE * j : DIGEST_SIZE * (j + 1)]) for j in done]
 
 
 def _select_at_import() -> None:

@@ -13,7 +13,8 @@
  * longest first), and the driver looks for more at every step: a job pushed while the batch runs
  * takes the next free lane, also on the narrower kernel, and one pushed while a lone job runs on
  * the scalar kernel brings that job back to the lanes (the scalar kernel runs a slice at a time
- * there, SCALAR_SLICE blocks or steps, to look in between).
+ * there, SCALAR_SLICE blocks or steps, to look in between). The lanes chain at most
+ * FEED_CHAIN_SLICE steps between looks: one long chain does not keep a pushed job waiting.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@
 
 #define MAX_LANES 16
 #define SCALAR_SLICE 32 /* 4 KB of a body, about 6 us here */
+#define FEED_CHAIN_SLICE 2048 /* chain steps of every lane at once between looks, about 1-2 ms */
 
 enum { IDLE, BODY, CHAIN };
 
@@ -279,6 +281,8 @@ static void drive(run_t *r, const dw_lane_kernel *narrower)
             mixed_step(r);
             continue;
         }
+        if (r->feed != NULL && least > FEED_CHAIN_SLICE)
+            least = FEED_CHAIN_SLICE; /* a long chain alone must still let pushed jobs in */
         k->chain(r->st, least);
         for (int l = 0; l < L; l++) {
             if (r->lane[l].phase != CHAIN)

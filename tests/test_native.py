@@ -294,6 +294,37 @@ def test_a_feed_publishes_each_job_as_it_is_done_and_wakes_the_pushing_thread():
     assert digests == [expected] and feed.finished() == first + rest
 
 
+def test_a_job_pushed_while_long_chains_run_is_done_before_them(backend):
+    """Once a tiny job is done, two long chains have the lanes; a job pushed then takes a free
+    lane within a slice of steps, and is published long before the chains (not after them)."""
+    if native.lanes() == 1:
+        pytest.skip("one lane: a pushed job waits for the job in it")
+    chains = [(b"long", 3_000_000), (b"longer", 3_100_000)]
+    feed = native.Feed(8)
+    feed.push(b"tiny", 2)  # first: some backends take a feed's jobs in push order
+    for job in chains:
+        feed.push(*job)
+    wake = os.eventfd(0)
+    try:
+        feed.notify(wake)
+        runner = threading.Thread(target=feed.run)
+        runner.start()
+        assert select.select([wake], [], [], 60)[0] and os.eventfd_read(wake) >= 1
+        assert [j for j, _ in feed.finished()] == [0]  # the chains have the lanes to themselves now
+        late = (random_body(3_000, 7), 1_000)
+        assert feed.push(*late) == 3
+        assert select.select([wake], [], [], 60)[0] and os.eventfd_read(wake) >= 1
+        second = feed.finished(1)
+        runner.join(60)
+    finally:
+        os.close(wake)
+    assert [j for j, _ in second][:1] == [3], "the pushed job waited for the long chains"
+    assert second[0][1] == reference(*late)
+    done = feed.finished()
+    assert [j for j, _ in done] == [0, 3, 1, 2]
+    assert [digest for _, digest in done[2:]] == [reference(*job) for job in chains]
+
+
 def _import_with_env(value: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, DYNWORK_HASH_BACKEND=value)
     code = "import native; print(native.backend(), native.lanes())"

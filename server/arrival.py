@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import os
-from collections.abc import Callable
 
 import native
 from common.cost import compressions
+from common.feedwake import FeedWake
 from native import reference
 from server.errors import Unavailable
 
@@ -62,7 +60,7 @@ class ArrivalHasher:
         return await done
 
     async def _run_batches(self) -> None:
-        wake = _Wake.open(asyncio.get_running_loop(), self._deliver_published)
+        wake = FeedWake.open(asyncio.get_running_loop(), self._deliver_published)
         running: concurrent.futures.Future[list[bytes]] | None = None
         try:
             while self._waiting:
@@ -87,7 +85,7 @@ class ArrivalHasher:
         finally:
             self._batches = None
             if wake is not None:
-                wake.close(self._pool if running is not None and not running.done() else None)
+                wake.close(running)
 
     def _deliver_published(self) -> None:
         if self._batch is not None:
@@ -119,41 +117,3 @@ class _Batch:
         for index, digest in published:
             if not self.done[index].done():
                 self.done[index].set_result(digest)
-
-
-class _Wake:
-    """An eventfd the hashing thread writes when a job is done, read on the event loop. Linux only;
-    elsewhere a batch's results come when it is done, as a whole."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
-        self.loop = loop
-        self.fd = fd
-
-    @classmethod
-    def open(cls, loop: asyncio.AbstractEventLoop, on_wake: Callable[[], None]) -> _Wake | None:
-        try:
-            wake = cls(loop, os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
-        except (AttributeError, OSError):  # no eventfd here, or no fd left: whole batches it is
-            return None
-
-        def woken() -> None:
-            with contextlib.suppress(BlockingIOError):
-                os.eventfd_read(wake.fd)
-            on_wake()
-
-        try:
-            loop.add_reader(wake.fd, woken)
-        except (NotImplementedError, OSError):  # a loop that cannot watch fds: whole batches it is
-            os.close(wake.fd)
-            return None
-        return wake
-
-    def close(self, busy_pool: concurrent.futures.ThreadPoolExecutor | None) -> None:
-        """Stop reading it, and close it once no run can write to it: a run still going (its task
-        was cancelled) holds the fd, so the hashing thread closes it after that run."""
-        self.loop.remove_reader(self.fd)
-        if busy_pool is None:
-            os.close(self.fd)
-            return
-        with contextlib.suppress(RuntimeError):  # the pool is shut down: the fd goes with the process
-            busy_pool.submit(os.close, self.fd)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     import native  # imported late: --help works without the compiled module
 
     keep_freed_body_memory(LEASE_MMAP_THRESHOLD, LEASE_TRIM_THRESHOLD)  # lease answers of many bodies each
-    worker = Worker(settings, token, hasher=native.chain_many, lanes=native.lanes())
+    worker = Worker(settings, token, hasher=native.chain_many, lanes=native.lanes(), feed=native.Feed)
     code = loop.run(_run(worker))
     if worker.abandoned_hashing:
         # Interpreter exit would wait for the C call to finish a job that is no longer ours.

@@ -24,7 +24,7 @@ class WorkerSettings:
     threads: int = option(0, "compute threads (0: one per core)")
     idle_exit_s: float = option(60.0, "exit after this long without work (0: never)")
     lease_wait_s: float = option(15.0, "how long one lease long-poll may wait on the server")
-    batch_s: float = option(0.25, "target seconds of work per native call, so results return promptly")
+    batch_s: float = option(0.25, "target seconds of work a hashing thread takes on at a time, beyond one job a lane")
     drain_timeout_s: float = option(60.0, "on SIGTERM, longest wait for running jobs before releasing them")
     log_level: str = option("INFO", "logging level")
 

@@ -1,8 +1,9 @@
 """The worker: lease from both servers (own first), hash in one thread per core, report in batches.
 
-Event-loop tasks do all I/O; hashing runs in a thread pool through `native.chain_many`, which
-releases the GIL. Every job is in exactly one place: pending (leased, not started), running,
-or done (digest waiting to be reported), and heartbeats cover the first two.
+Event-loop tasks do all I/O; each hashing thread runs a `native.Feed` (worker/feeds.py), which
+releases the GIL and takes jobs leased while it runs into its free lanes. Every job is in exactly
+one place: pending (leased, not started), running (pushed to a feed, or hashed on the loop), or
+done (digest waiting to be reported), and heartbeats cover the first two.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from typing import Any, Protocol
 import aiohttp
 
 from common.cost import ON_LOOP_MAX_COMPRESSIONS, compressions, job_cost
+from common.feedwake import FeedWake
 from common.http import AiohttpTransport, Refused, Unauthorized, Unavailable
 from worker.client import Held, Leased, LeasedJob, Report, ServerClient
 from worker.config import WorkerSettings
+from worker.feeds import BatchFeed, Feed, Hasher
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 5.0
 FLUSH_ATTEMPTS_ON_EXIT = 5
 INLINE_HASH_MAX = ON_LOOP_MAX_COMPRESSIONS  # what a batch may need to be hashed on the event loop
 
-Hasher = Callable[[Sequence[tuple[bytes | memoryview, int]]], list[bytes]]
+FEED_CAPACITY = 4 * MAX_HELD  # jobs one feed takes in its life; a full one ends after its last job
 
 
 class Server(Protocol):
@@ -68,10 +71,22 @@ class Backoff:
 
 
 class Worker:
-    def __init__(self, settings: WorkerSettings, token: str, *, hasher: Hasher, lanes: int = 1) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        token: str,
+        *,
+        hasher: Hasher,
+        lanes: int = 1,
+        feed: Callable[[int], Feed] | None = None,
+    ) -> None:
+        """`hasher` hashes a list of jobs at once (on the event loop, for the cheapest); `feed`
+        makes a feed of a given capacity for a hashing thread (native.Feed; by default the hasher
+        as a BatchFeed)."""
         self.settings = settings
         self.token = token
         self.hasher = hasher
+        self.feed: Callable[[int], Feed] = feed if feed is not None else lambda capacity: BatchFeed(hasher, capacity)
         self.threads = settings.compute_threads
         self.lanes = max(1, lanes)
         self.min_held = self.threads * self.lanes * 2
@@ -93,6 +108,7 @@ class Worker:
         self._own_idle = asyncio.Event()  # set while the own server has nothing queued (its last answer said so)
         self._flush_wanted = {url: asyncio.Event() for url in settings.servers}
         self._pool = concurrent.futures.ThreadPoolExecutor(self.threads, thread_name_prefix="hash")
+        self._pokes: set[asyncio.Event] = set()  # one per running feed: wakes its loop
         self.clients: list[Server] = []
 
     # -- sizes -----------------------------------------------------------------------------
@@ -237,7 +253,7 @@ class Worker:
             if jobs:
                 self.pending.extend(jobs)
                 self.last_work = time.monotonic()
-                self._work_ready.set()
+                self._work_arrived()
 
     async def _lease_once(self, client: Server, room: int, wait_s: float, *, own: bool) -> Leased | None:
         """One lease call; None when it failed (and may be retried after a back-off)."""
@@ -252,19 +268,19 @@ class Worker:
             return None
 
     # -- hashing ---------------------------------------------------------------------------
-    def _take_batch(self) -> list[LeasedJob]:
-        """Enough jobs for about batch_s of one thread, and at least one job per lane."""
+    def _take_batch(self, on_lanes: int = 0, on_lanes_cost: int = 0) -> list[LeasedJob]:
+        """Enough jobs for about batch_s of one thread, and at least one job per lane, counting
+        the `on_lanes` jobs (of `on_lanes_cost`) the thread already has."""
         budget = self.cost_per_s / self.threads * self.settings.batch_s if self.cost_per_s else 0
         batch: list[LeasedJob] = []
-        cost = 0
-        while self.pending and (len(batch) < self.lanes or cost < budget):
+        cost = on_lanes_cost
+        while self.pending and (on_lanes + len(batch) < self.lanes or cost < budget):
             job = self.pending.popleft()
             batch.append(job)
             cost += job_cost(job.iterations, len(job.body))
         return batch
 
     async def _compute_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self.pending:
                 if self.stopping.is_set():
@@ -273,35 +289,101 @@ class Worker:
                 await self._work_ready.wait()
                 continue
             batch = self._take_batch()
-            for job in batch:
-                self.running[job.work_id] = job
-            self._room.set()
-            started = time.monotonic()
-            try:
-                jobs = [(j.body, j.iterations) for j in batch]
-                if sum(compressions(n, len(b)) for b, n in jobs) <= INLINE_HASH_MAX:
-                    digests = self.hasher(jobs)  # microseconds: a thread hand-off would cost more
-                else:
-                    digests = await loop.run_in_executor(self._pool, self.hasher, jobs)
-            except Exception as exc:
-                log.exception("hashing a batch of %d failed", len(batch))
-                for job in batch:
-                    self.failed[job.server].append((*job.held, f"{type(exc).__name__}: {exc}"))
+            if sum(compressions(j.iterations, len(j.body)) for j in batch) <= INLINE_HASH_MAX:
+                self._hash_inline(batch)  # microseconds: a thread hand-off would cost more
             else:
-                self._measure(batch, time.monotonic() - started)
-                for job, digest in zip(batch, digests, strict=True):
-                    self.done[job.server].append((*job.held, digest.hex()))
-            for job in batch:
-                self.running.pop(job.work_id, None)
-                self._flush_wanted[job.server].set()
+                await self._hash_in_feed(batch)
+
+    def _hash_inline(self, batch: list[LeasedJob]) -> None:
+        for job in batch:
+            self.running[job.work_id] = job
+        started = time.monotonic()
+        try:
+            digests = self.hasher([(j.body, j.iterations) for j in batch])
+        except Exception as exc:
+            log.exception("hashing a batch of %d failed", len(batch))
+            self._failed(batch, exc)
+        else:
+            elapsed = time.monotonic() - started
+            self._measure(len(batch), sum(job_cost(j.iterations, len(j.body)) for j in batch), elapsed)
+            self._finished(list(zip(batch, digests, strict=True)))
+
+    async def _hash_in_feed(self, batch: list[LeasedJob]) -> None:
+        """Hash `batch` in a feed on one hashing thread. While it runs, jobs leased meanwhile join
+        it as its lanes free up (a long job holds one lane, not the whole thread), and each digest
+        is taken as soon as its job is done."""
+        lanes = _Lanes(self.feed(FEED_CAPACITY))
+        self._push(lanes, batch)
+        poke = asyncio.Event()  # a job is done, the run is over, or jobs were leased
+        wake = FeedWake.open(asyncio.get_running_loop(), poke.set)
+        if wake is not None:
+            lanes.feed.notify(wake.fd)
+        running = self._pool.submit(lanes.feed.run)
+        ran = asyncio.wrap_future(running)
+        ran.add_done_callback(lambda _: poke.set())
+        self._pokes.add(poke)
+        since, jobs, cost = time.monotonic(), 0, 0  # what was done since the last measurement
+        try:
+            while True:
+                poke.clear()
+                done = lanes.take_done()
+                self._finished(done)
+                jobs += len(done)
+                cost += sum(job_cost(j.iterations, len(j.body)) for j, _ in done)
+                elapsed = time.monotonic() - since
+                if jobs and (ran.done() or elapsed >= self.settings.batch_s):
+                    self._measure(jobs, cost, elapsed)
+                    since, jobs, cost = time.monotonic(), 0, 0
+                if ran.done():
+                    break
+                if not self.stopping.is_set():
+                    self._push(lanes, self._take_batch(lanes.unfinished, lanes.cost))
+                await poke.wait()
+            error = ran.exception()
+            if error is not None:
+                log.error("hashing failed: %s: %s", type(error).__name__, error)
+                self._failed(lanes.not_done(), error)
+        finally:
+            self._pokes.discard(poke)
+            if wake is not None:
+                wake.close(running)
+
+    def _push(self, lanes: _Lanes, jobs: list[LeasedJob]) -> None:
+        """Jobs to a feed's lanes, and so running; the ones it refuses (it closed meanwhile, or is
+        full) back to the front of pending, for the next feed."""
+        refused = lanes.push(jobs)
+        for job in jobs[: len(jobs) - len(refused)]:
+            self.running[job.work_id] = job
+        self.pending.extendleft(reversed(refused))
+        self._room.set()
+
+    def _finished(self, done: list[tuple[LeasedJob, bytes]]) -> None:
+        for job, digest in done:
+            self.running.pop(job.work_id, None)
+            self.done[job.server].append((*job.held, digest.hex()))
+            self._flush_wanted[job.server].set()
+        if done:
             self.last_work = time.monotonic()
             self._room.set()
 
-    def _measure(self, batch: list[LeasedJob], elapsed: float) -> None:
+    def _failed(self, jobs: list[LeasedJob], exc: BaseException) -> None:
+        for job in jobs:
+            self.running.pop(job.work_id, None)
+            self.failed[job.server].append((*job.held, f"{type(exc).__name__}: {exc}"))
+            self._flush_wanted[job.server].set()
+        self.last_work = time.monotonic()
+        self._room.set()
+
+    def _work_arrived(self) -> None:
+        self._work_ready.set()  # an idle hashing loop starts a feed
+        for poke in self._pokes:  # a running feed with free lanes takes some
+            poke.set()
+
+    def _measure(self, jobs: int, cost: int, elapsed: float) -> None:
         elapsed = max(elapsed, 1e-6)
-        # One thread ran this batch; the worker as a whole goes `threads` times as fast.
-        jobs_rate = len(batch) / elapsed * self.threads
-        cost_rate = sum(job_cost(j.iterations, len(j.body)) for j in batch) / elapsed * self.threads
+        # One thread did these; the worker as a whole goes `threads` times as fast.
+        jobs_rate = jobs / elapsed * self.threads
+        cost_rate = cost / elapsed * self.threads
         if self.jobs_per_s == 0.0:
             self.jobs_per_s, self.cost_per_s = jobs_rate, cost_rate
         else:
@@ -399,3 +481,42 @@ def _consume(task: asyncio.Future[Any]) -> None:
     as an exception nobody retrieved (the batch was put back and is sent again)."""
     if not task.cancelled():
         task.exception()
+
+
+class _Lanes:
+    """A hashing thread's feed and the jobs pushed to it, by index, until each is taken done."""
+
+    def __init__(self, feed: Feed) -> None:
+        self.feed = feed
+        self.jobs: list[LeasedJob | None] = []
+        self.taken = 0  # jobs done and taken so far
+        self.cost = 0  # of the jobs pushed and not yet taken
+
+    @property
+    def unfinished(self) -> int:
+        return len(self.jobs) - self.taken
+
+    def push(self, jobs: list[LeasedJob]) -> list[LeasedJob]:
+        """Pushes the jobs in order; those the feed refused (closed or full), the rest of them."""
+        for i, job in enumerate(jobs):
+            index = self.feed.push(job.body, job.iterations)
+            if index is None:
+                return jobs[i:]
+            assert index == len(self.jobs), "a feed's indices are its push order"
+            self.jobs.append(job)
+            self.cost += job_cost(job.iterations, len(job.body))
+        return []
+
+    def take_done(self) -> list[tuple[LeasedJob, bytes]]:
+        """The jobs done since the last call, with their digests, in the order they were done."""
+        done = []
+        for index, digest in self.feed.finished(self.taken):
+            job, self.jobs[index] = self.jobs[index], None
+            assert job is not None, "a feed publishes each job once"
+            self.cost -= job_cost(job.iterations, len(job.body))
+            done.append((job, digest))
+        self.taken += len(done)
+        return done
+
+    def not_done(self) -> list[LeasedJob]:
+        return [job for job in self.jobs if job is not None]

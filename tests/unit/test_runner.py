@@ -12,11 +12,12 @@ import collections
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 
+import native
 from common import http
 from native.reference import chain
 from tests.unit.support import aio, until
@@ -56,13 +57,13 @@ class FakeServer:
         self.lost_told = asyncio.Event()
         self.released_event = asyncio.Event()
 
-    def add(self, count: int, iterations: int = 1) -> list[str]:
+    def add(self, count: int, iterations: int = 1, *, digest: Callable[[bytes, int], bytes] = chain) -> list[str]:
         ids = []
         for _ in range(count):
             n = len(self.expected) + 1
             work_id, body = f"{self.name}.{n}.abcdef", f"{self.name}-body-{n}".encode()
             self.queue.append(self._leased(work_id, iterations, body))
-            self.expected[work_id] = chain(body, iterations).hex()
+            self.expected[work_id] = digest(body, iterations).hex()
             ids.append(work_id)
         self.arrived.set()
         return ids
@@ -158,10 +159,12 @@ class Hasher:
             self.left.set()
 
 
-def make_worker(hasher: Hasher, servers: Sequence[str] = (OWN,), *, lanes: int = 1, **settings: Any) -> Worker:
+def make_worker(
+    hasher: Hasher, servers: Sequence[str] = (OWN,), *, lanes: int = 1, feed: Any = None, **settings: Any
+) -> Worker:
     settings = {"threads": 1, "idle_exit_s": 0.0, "lease_wait_s": 0.05, "drain_timeout_s": 10.0, **settings}
     settings.setdefault("worker_id", "w1")
-    return Worker(WorkerSettings(server=list(servers), **settings), "t" * 16, hasher=hasher, lanes=lanes)
+    return Worker(WorkerSettings(server=list(servers), **settings), "t" * 16, hasher=hasher, lanes=lanes, feed=feed)
 
 
 async def run_until(worker: Worker, clients: list[FakeServer], done, what: str) -> int:
@@ -199,6 +202,26 @@ def peer_leases_while_own_busy(events: list[tuple[Any, ...]], *, from_start: boo
         elif event == ("lease", PEER) and ((own_more is None and from_start) or own_more):
             bad.append(i)
     return bad
+
+
+@aio
+async def test_a_job_leased_while_long_chains_are_hashed_joins_their_feed_and_is_reported_first():
+    if native.lanes() == 1:
+        pytest.skip("one lane: a job waits for the job in it")
+    own = FakeServer(OWN)
+    chains = own.add(2, iterations=3_000_000, digest=native.chain)
+    worker = make_worker(Hasher(), lanes=native.lanes(), feed=native.Feed)
+    task = asyncio.ensure_future(worker.run([own]))
+    try:
+        await until(lambda: set(worker.running) == set(chains), 8.0, "both chains on the lanes")
+        (short,) = own.add(1, iterations=SLOW)
+        await until(lambda: short in own.completed, 30.0, "the short job's result")
+        assert not set(chains) & set(own.completed), "the short job waited for the long chains"
+        await until(lambda: len(own.completed) == 3, 120.0, "the chains' results")
+    finally:
+        worker.stop("test over")
+        assert await asyncio.wait_for(task, 30.0) == 0
+    assert own.completed == own.expected and own.failures == {}
 
 
 @aio

@@ -71,7 +71,7 @@ class LeasedJob:
 class LeaseGrant:
     lease_s: float
     jobs: list[LeasedJob]
-    more: bool = False  # jobs were still queued here after these were taken
+    more: bool  # jobs were still queued here after these were taken
 
 
 Deliver = Callable[[LeaseGrant], Awaitable[None]]

@@ -326,10 +326,11 @@ class Worker:
         try:
             while True:
                 poke.clear()
+                on_lanes_cost = lanes.cost
                 done = lanes.take_done()
                 self._finished(done)
                 jobs += len(done)
-                cost += sum(job_cost(j.iterations, len(j.body)) for j, _ in done)
+                cost += on_lanes_cost - lanes.cost  # what the jobs just done cost
                 elapsed = time.monotonic() - since
                 if jobs and (ran.done() or elapsed >= self.settings.batch_s):
                     self._measure(jobs, cost, elapsed)
@@ -354,8 +355,7 @@ class Worker:
         refused = lanes.push(jobs)
         for job in jobs[: len(jobs) - len(refused)]:
             self.running[job.work_id] = job
-        self.pending.extendleft(reversed(refused))
-        self._room.set()
+        self.pending.extendleft(reversed(refused))  # held is unchanged: no room for the leasers
 
     def _finished(self, done: list[tuple[LeasedJob, bytes]]) -> None:
         for job, digest in done:

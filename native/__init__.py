@@ -42,6 +42,9 @@ DIGEST_SIZE: int = lib.DW_DIGEST_SIZE
 ENV_BACKEND = "DYNWORK_HASH_BACKEND"
 _MAX_ITERATIONS = 2**64 - 1
 
+Buffer = bytes | bytearray | memoryview
+Body = Buffer | list[bytes]  # a list: the pieces a body came in, hashed as one
+
 
 def available_backends() -> list[str]:
     """The backends this CPU can run, slowest first."""
@@ -146,12 +149,25 @@ class Feed:
         self._keep: list[Any] = []  # each job's from_buffer object, by index, until the job is done
         self.capacity = capacity
 
-    def push(self, data: bytes | bytearray | memoryview, iterations: int) -> int | None:
-        """Adds a job; its index among the feed's jobs, or None when the feed is full or closed."""
+    def push(self, data: Body, iterations: int) -> int | None:
+        """Adds a job; its index among the feed's jobs, or None when the feed is full or closed.
+
+        A body that came in pieces may be given as their list: it is hashed as their concatenation
+        without being joined (a 256 KB body would cost a 256 KB copy)."""
         _check_iterations(iterations)
-        buf = _buffer(data)
-        self._keep.append(buf)  # before the push: the run may read it at once
-        index = int(lib.dw_feed_push(self._feed, buf, len(buf), iterations))
+        if isinstance(data, list):
+            keep: Any = [_buffer(piece) for piece in data]
+            parts = ffi.new("dw_part[]", len(keep))
+            for part, buf in zip(parts, keep, strict=True):
+                part.data = buf
+                part.len = len(buf)
+            keep.append(parts)
+            self._keep.append(keep)  # before the push: the run may read them at once
+            index = int(lib.dw_feed_push_parts(self._feed, parts, len(parts), iterations))
+        else:
+            buf = _buffer(data)
+            self._keep.append(buf)
+            index = int(lib.dw_feed_push(self._feed, buf, len(buf), iterations))
         if index < 0:
             self._keep.pop()
             return None

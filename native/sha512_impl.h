@@ -4,6 +4,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
+
+#include "sha512chain.h"
 
 extern const uint64_t dw_K[80];
 extern const uint64_t dw_IV[8];
@@ -56,6 +59,79 @@ static inline uint64_t dw_job_blocks(size_t len)
  * rem = len % 128 bytes are at tail; returns the number of blocks written to buf. */
 int dw_tail_blocks(const uint8_t *tail, size_t rem, size_t len, uint8_t buf[256]);
 
+/* Reads a body's full 128-byte blocks, whole (dw_chain_many's bodies) or in pieces (a feed's
+ * dw_part arrays), the pieces' full blocks in place and a block that spans pieces gathered. */
+typedef struct {
+    const uint8_t *cur; /* the unread rest of the current piece */
+    size_t cur_left;
+    const dw_part *parts; /* the pieces after it, NULL for a whole body */
+    size_t nparts, next;
+} dw_reader;
+
+static inline void dw_reader_init(dw_reader *rd, const uint8_t *data, size_t len, const dw_part *parts,
+                                  size_t nparts)
+{
+    rd->cur = parts != NULL ? NULL : data;
+    rd->cur_left = parts != NULL ? 0 : len;
+    rd->parts = parts;
+    rd->nparts = parts != NULL ? nparts : 0;
+    rd->next = 0;
+}
+
+/* The next n full blocks, 1 <= n <= most, consecutive in memory: in place, or one block gathered
+ * into seam when it spans pieces. At least one full block must be left. */
+static inline const uint8_t *dw_reader_blocks(dw_reader *rd, size_t most, size_t *n, uint8_t seam[128])
+{
+    while (rd->cur_left == 0 && rd->next < rd->nparts) {
+        rd->cur = rd->parts[rd->next].data;
+        rd->cur_left = rd->parts[rd->next++].len;
+    }
+    if (rd->cur_left >= 128) {
+        size_t k = rd->cur_left / 128 < most ? rd->cur_left / 128 : most;
+        const uint8_t *at = rd->cur;
+        rd->cur += 128 * k;
+        rd->cur_left -= 128 * k;
+        *n = k;
+        return at;
+    }
+    for (size_t got = 0; got < 128;) {
+        if (rd->cur_left == 0) {
+            if (rd->next == rd->nparts) { /* cannot happen: a body's length is its pieces' sum */
+                memset(seam + got, 0, 128 - got);
+                break;
+            }
+            rd->cur = rd->parts[rd->next].data;
+            rd->cur_left = rd->parts[rd->next++].len;
+            continue;
+        }
+        size_t take = rd->cur_left < 128 - got ? rd->cur_left : 128 - got;
+        memcpy(seam + got, rd->cur, take);
+        got += take;
+        rd->cur += take;
+        rd->cur_left -= take;
+    }
+    *n = 1;
+    return seam;
+}
+
+/* Where a body's last rem (< 128) bytes are: in place for a whole body, else gathered into buf. */
+static inline const uint8_t *dw_body_end(const uint8_t *data, size_t len, const dw_part *parts, size_t nparts,
+                                         size_t rem, uint8_t buf[128])
+{
+    if (parts == NULL)
+        return data + len - rem;
+    for (size_t i = nparts, need = rem; i-- > 0 && need;) {
+        size_t take = parts[i].len < need ? parts[i].len : need;
+        if (take)
+            memcpy(buf + need - take, parts[i].data + parts[i].len - take, take);
+        need -= take;
+    }
+    return buf;
+}
+
+/* dw_chain of a body in pieces (a feed's, on the scalar backend). */
+void dw_chain_parts(const dw_part *parts, size_t nparts, size_t len, uint64_t iterations, uint8_t *out);
+
 /* A lane kernel works on L chains at once; words are laid out [word][lane].
  * block: st += compress(st, w) for every lane (w: 16 message words per lane).
  * chain: steps times, st = sha512 of the 64-byte message st, on every lane.
@@ -80,8 +156,10 @@ void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_
 struct dw_feed {
     size_t capacity;
     size_t state;
-    const uint8_t **data;
-    size_t *lens;
+    const uint8_t **data; /* a whole body, or NULL for one in pieces: */
+    const dw_part **parts; /* its pieces, and how many */
+    size_t *nparts;
+    size_t *lens; /* the body's length (the pieces' sum) */
     uint64_t *iterations;
     uint8_t *out;
     size_t *finish_order; /* indexes of the jobs done, the first `finished` of them published */

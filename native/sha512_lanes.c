@@ -1,7 +1,8 @@
 /* The multi-buffer driver: runs n jobs through a lane kernel, one chain per lane.
  *
  * Each lane holds one job at a time and moves through two phases: the body (its full 128-byte
- * blocks, then 1 or 2 padded tail blocks) and the chain (iterations - 1 steps on 64-byte
+ * blocks, read in place, also from a body given in pieces, where only a block that spans two
+ * pieces is gathered; then 1 or 2 padded tail blocks) and the chain (iterations - 1 steps on 64-byte
  * messages). While any lane is in its body phase the kernel compresses one block per lane per
  * call, chain lanes taking their next step in the same call; once every busy lane is chaining, the
  * kernel runs as many steps as the nearest finishing lane needs without leaving its registers. A
@@ -35,12 +36,13 @@ typedef struct {
 typedef struct {
     int phase;
     size_t job;
-    const uint8_t *next; /* next full block of the body */
-    size_t full_left;    /* full blocks not yet compressed */
+    dw_reader body;   /* where its next full block is */
+    size_t full_left; /* full blocks not yet compressed */
     int tail_blocks;     /* padded tail blocks (1 or 2) */
     int tail_done;
     uint64_t steps_left; /* chain steps after the body */
     uint8_t tail[256];
+    uint8_t seam[128]; /* a block that spans two pieces of a body, gathered */
 } lane_t;
 
 typedef struct {
@@ -50,6 +52,8 @@ typedef struct {
     const job_rank *order; /* the first `ordered` jobs, longest first; NULL: as given */
     size_t ordered;
     const uint8_t *const *data;
+    const dw_part *const *parts; /* NULL, or per job: NULL, or its body's pieces */
+    const size_t *nparts;
     const size_t *lens;
     const uint64_t *iterations;
     uint8_t *out;
@@ -76,12 +80,16 @@ static void assign(run_t *r, int l)
     }
     size_t j = r->order != NULL && r->next_job < r->ordered ? r->order[r->next_job].job : r->next_job;
     r->next_job++;
-    size_t len = r->lens[j];
+    size_t len = r->lens[j], nparts = 0;
+    const dw_part *parts = r->parts != NULL ? r->parts[j] : NULL;
+    if (parts != NULL)
+        nparts = r->nparts[j];
     ln->phase = BODY;
     ln->job = j;
-    ln->next = r->data[j];
+    dw_reader_init(&ln->body, r->data[j], len, parts, nparts);
     ln->full_left = len / 128;
-    ln->tail_blocks = dw_tail_blocks(r->data[j] + 128 * ln->full_left, len % 128, len, ln->tail);
+    const uint8_t *end = dw_body_end(r->data[j], len, parts, nparts, len % 128, ln->seam);
+    ln->tail_blocks = dw_tail_blocks(end, len % 128, len, ln->tail);
     ln->tail_done = 0;
     ln->steps_left = r->iterations[j] - 1;
     for (int i = 0; i < 8; i++)
@@ -116,7 +124,9 @@ static void mixed_step(run_t *r)
     for (int l = 0; l < L; l++) {
         lane_t *ln = &r->lane[l];
         if (ln->phase == BODY) {
-            const uint8_t *block = ln->full_left ? ln->next : ln->tail + 128 * ln->tail_done;
+            size_t one;
+            const uint8_t *block =
+                ln->full_left ? dw_reader_blocks(&ln->body, 1, &one, ln->seam) : ln->tail + 128 * ln->tail_done;
             for (int i = 0; i < 16; i++)
                 r->w[i * L + l] = dw_load_be64(block + 8 * i);
         } else if (ln->phase == CHAIN) {
@@ -139,7 +149,6 @@ static void mixed_step(run_t *r)
         if (ln->phase == BODY) {
             if (ln->full_left) {
                 ln->full_left--;
-                ln->next += 128;
             } else if (++ln->tail_done == ln->tail_blocks) {
                 ln->phase = CHAIN;
             }
@@ -166,6 +175,8 @@ static void finish_narrower(run_t *r, const dw_lane_kernel *k2)
     if (r->feed != NULL) { /* but on a feed, by the jobs pushed from now on */
         n2.feed = r->feed;
         n2.data = r->data;
+        n2.parts = r->parts;
+        n2.nparts = r->nparts;
         n2.lens = r->lens;
         n2.iterations = r->iterations;
         n2.n = n2.next_job = r->next_job;
@@ -192,9 +203,9 @@ static int scalar_lane(run_t *r, lane_t *ln, uint64_t h[8])
     size_t slice = r->feed != NULL ? SCALAR_SLICE : SIZE_MAX;
     while (ln->phase == BODY) {
         if (ln->full_left) {
-            size_t k = ln->full_left < slice ? ln->full_left : slice;
-            dw_scalar_blocks(h, ln->next, k);
-            ln->next += 128 * k;
+            size_t k;
+            const uint8_t *at = dw_reader_blocks(&ln->body, ln->full_left < slice ? ln->full_left : slice, &k, ln->seam);
+            dw_scalar_blocks(h, at, k);
             ln->full_left -= k;
         } else {
             dw_scalar_blocks(h, ln->tail + 128 * ln->tail_done, (size_t)(ln->tail_blocks - ln->tail_done));
@@ -355,6 +366,8 @@ void dw_lanes_feed(const dw_lane_kernel *k, const dw_lane_kernel *narrower, stru
     r.feed = feed;
     r.n = dw_feed_pushed(feed); /* those pushed before the run go longest first */
     r.data = feed->data;
+    r.parts = feed->parts;
+    r.nparts = feed->nparts;
     r.lens = feed->lens;
     r.iterations = feed->iterations;
     r.out = feed->out;

@@ -188,3 +188,20 @@ void dw_store_digest(const uint64_t st[8], uint8_t *out)
     for (int i = 0; i < 8; i++)
         dw_store_be64(out + 8 * i, st[i]);
 }
+
+void dw_chain_parts(const dw_part *parts, size_t nparts, size_t len, uint64_t iterations, uint8_t *out)
+{
+    uint64_t st[8];
+    uint8_t seam[128], tail[256];
+    dw_reader rd;
+    memcpy(st, dw_IV, sizeof dw_IV);
+    dw_reader_init(&rd, NULL, len, parts, nparts);
+    for (size_t left = len / 128, n; left; left -= n) {
+        const uint8_t *at = dw_reader_blocks(&rd, left, &n, seam);
+        dw_scalar_blocks(st, at, n);
+    }
+    int blocks = dw_tail_blocks(dw_body_end(NULL, len, parts, nparts, len % 128, seam), len % 128, len, tail);
+    dw_scalar_blocks(st, tail, (size_t)blocks);
+    dw_scalar_steps(st, iterations - 1);
+    dw_store_digest(st, out);
+}

@@ -194,7 +194,8 @@ void dw_chain_many(size_t n, const uint8_t *const *data, const size_t *lens,
 
 dw_feed *dw_feed_new(size_t capacity)
 {
-    size_t each = sizeof(const uint8_t *) + 2 * sizeof(size_t) + sizeof(uint64_t) + DW_DIGEST_SIZE;
+    size_t each = sizeof(const uint8_t *) + sizeof(const dw_part *) + 3 * sizeof(size_t) + sizeof(uint64_t) +
+                  DW_DIGEST_SIZE;
     if (capacity == 0 || capacity > (SIZE_MAX - sizeof(dw_feed)) / each || capacity >= DW_FEED_CLOSED)
         return NULL;
     dw_feed *feed = calloc(1, sizeof *feed + capacity * each);
@@ -202,7 +203,9 @@ dw_feed *dw_feed_new(size_t capacity)
         return NULL;
     feed->capacity = capacity;
     feed->data = (const uint8_t **)(feed + 1);
-    feed->lens = (size_t *)(feed->data + capacity);
+    feed->parts = (const dw_part **)(feed->data + capacity);
+    feed->nparts = (size_t *)(feed->parts + capacity);
+    feed->lens = feed->nparts + capacity;
     feed->iterations = (uint64_t *)(feed->lens + capacity);
     feed->finish_order = (size_t *)(feed->iterations + capacity);
     feed->out = (uint8_t *)(feed->finish_order + capacity);
@@ -215,18 +218,40 @@ void dw_feed_free(dw_feed *feed)
     free(feed);
 }
 
-long dw_feed_push(dw_feed *feed, const uint8_t *data, size_t len, uint64_t iterations)
+static long push(dw_feed *feed, const uint8_t *data, const dw_part *parts, size_t nparts, size_t len,
+                 uint64_t iterations)
 {
     size_t s = __atomic_load_n(&feed->state, __ATOMIC_ACQUIRE);
     if ((s & DW_FEED_CLOSED) || s >= feed->capacity)
         return -1;
     feed->data[s] = data; /* slot s is not yet published: the run does not read it */
+    feed->parts[s] = parts;
+    feed->nparts[s] = nparts;
     feed->lens[s] = len;
     feed->iterations[s] = iterations;
     /* Fails only if the run closed the feed meanwhile (one thread pushes). */
     if (!__atomic_compare_exchange_n(&feed->state, &s, s + 1, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED))
         return -1;
     return (long)s;
+}
+
+long dw_feed_push(dw_feed *feed, const uint8_t *data, size_t len, uint64_t iterations)
+{
+    return push(feed, data, NULL, 0, len, iterations);
+}
+
+long dw_feed_push_parts(dw_feed *feed, const dw_part *parts, size_t nparts, uint64_t iterations)
+{
+    static const uint8_t empty[1];
+    if (nparts <= 1) /* nothing to gather */
+        return push(feed, nparts ? parts[0].data : empty, NULL, 0, nparts ? parts[0].len : 0, iterations);
+    size_t len = 0;
+    for (size_t i = 0; i < nparts; i++) {
+        if (parts[i].len > SIZE_MAX - len)
+            return -1;
+        len += parts[i].len;
+    }
+    return push(feed, NULL, parts, nparts, len, iterations);
 }
 
 void dw_feed_notify(dw_feed *feed, int fd)
@@ -266,7 +291,11 @@ static void feed_scalar(dw_feed *feed)
     size_t done = 0;
     do {
         for (size_t n = dw_feed_pushed(feed); done < n; done++) {
-            dw_chain(feed->data[done], feed->lens[done], feed->iterations[done], feed->out + DW_DIGEST_SIZE * done);
+            uint8_t *out = feed->out + DW_DIGEST_SIZE * done;
+            if (feed->parts[done] != NULL)
+                dw_chain_parts(feed->parts[done], feed->nparts[done], feed->lens[done], feed->iterations[done], out);
+            else
+                dw_chain(feed->data[done], feed->lens[done], feed->iterations[done], out);
             dw_feed_done(feed, done);
         }
     } while (!dw_feed_close(feed, done));

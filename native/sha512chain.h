@@ -39,6 +39,17 @@ void dw_feed_free(dw_feed *feed);
  * the feed is full or closed. Only one thread may push to a feed. */
 long dw_feed_push(dw_feed *feed, const uint8_t *data, size_t len, uint64_t iterations);
 
+/* One piece of a body that arrived in pieces. */
+typedef struct {
+    const uint8_t *data;
+    size_t len;
+} dw_part;
+
+/* dw_feed_push for a body in nparts pieces, hashed as their concatenation without joining them
+ * (a block that spans two pieces is gathered); the array and the pieces must stay valid until
+ * the run returns. -1 also when their total length overflows. */
+long dw_feed_push_parts(dw_feed *feed, const dw_part *parts, size_t nparts, uint64_t iterations);
+
 /* Hashes the feed's jobs with the selected backend until none is left, then closes it; returns
  * how many it hashed. Their digests: dw_feed_digests, 64 bytes each, in push order. */
 size_t dw_feed_run(dw_feed *feed);

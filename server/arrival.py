@@ -35,7 +35,7 @@ ON_LOOP_MAX = 16  # compressions (~3 us): bodies under 2 KB, where hashlib keeps
 class ArrivalHasher:
     def __init__(self) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="arrival-hash")
-        self._waiting: list[tuple[bytes, int, asyncio.Future[bytes]]] = []
+        self._waiting: list[tuple[native.Body, int, asyncio.Future[bytes]]] = []
         self._batches: asyncio.Task[None] | None = None
         self._batch: _Batch | None = None  # the batch being hashed, while it takes more
         self.batches = 0  # batches hashed in the thread so far
@@ -43,13 +43,14 @@ class ArrivalHasher:
         self.in_thread = 0  # jobs hashed in the thread, in batches (joined ones too)
         self.on_loop = 0  # jobs cheap enough to hash on the event loop
 
-    async def chain(self, body: bytes, iterations: int) -> bytes:
-        """native.chain(body, iterations), computed where it costs least."""
-        if compressions(iterations, len(body)) <= ON_LOOP_MAX:
+    async def chain(self, pieces: list[bytes], iterations: int) -> bytes:
+        """native.chain of the body in these pieces, computed where it costs least."""
+        if compressions(iterations, sum(map(len, pieces))) <= ON_LOOP_MAX:
             self.on_loop += 1
-            return reference.chain(body, iterations)
+            return reference.chain(b"".join(pieces), iterations)  # under 2 KB
         self.in_thread += 1
         done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        body = pieces if len(pieces) > 1 else pieces[0] if pieces else b""
         if self._batch is not None and self._batch.feed.push(body, iterations) is not None:
             self._batch.done.append(done)
             self.joined += 1

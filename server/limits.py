@@ -7,7 +7,7 @@ keeps, and which of them are kept for workers and the peer.
   partial data, so a client sending a header byte a second is only cut off by keep-alive.
 - **Idle connections.** aiohttp's own `keepalive_timeout` (`keepalive_s`) closes a connection
   that carries no request, including one that never sends a byte.
-- **Bodies.** server.web.read_body bounds each read and the average rate; on a RequestTimeout
+- **Bodies.** server.web.read_pieces bounds each read and the average rate; on a RequestTimeout
   `limits_middleware` writes the 408 and closes the connection at once (no lingering read of a
   body that is not coming). Server-side waits (GET /work?wait, /internal/lease?wait) begin after
   the request was read, so no timer here runs while they hold a request open.

@@ -149,16 +149,18 @@ class Scheduler:
         self._wake_leasers()
         return job
 
-    async def enqueue_done(self, body: bytes, iterations: int) -> tuple[Job, bytes]:
+    async def enqueue_done(self, pieces: list[bytes], iterations: int) -> tuple[Job, bytes]:
         """Hash a job on arrival and store it finished, with its result and without its body (see
-        Service.enqueue); the job and its result. It never enters the queue."""
+        Service.enqueue); the job and its result. It never enters the queue. The body is given in
+        the pieces it came in."""
         nonce = new_nonce()
         enqueued_at = self.clock.wall()
-        result = await self.hasher.chain(body, iterations)
-        seq = await self.store.insert_completed(nonce, iterations, len(body), result, enqueued_at)
+        size = sum(map(len, pieces))
+        result = await self.hasher.chain(pieces, iterations)
+        seq = await self.store.insert_completed(nonce, iterations, size, result, enqueued_at)
         now = self.clock.mono()
         self._finish_times.append(now)
-        return Job(seq, nonce, iterations, len(body), enqueued_at, enqueued_mono=now), result
+        return Job(seq, nonce, iterations, size, enqueued_at, enqueued_mono=now), result
 
     # -- leases ----------------------------------------------------------------------------
     def _take(self, worker: str, max_jobs: int) -> list[Lease]:

@@ -44,11 +44,12 @@ MAX_ERROR_CHARS = 500
 
 
 class Upload(Protocol):
-    """A request body: its announced length (None: not announced) and a bounded read."""
+    """A request body: its announced length (None: not announced) and a bounded read, which gives
+    the body in the pieces it came in."""
 
     content_length: int | None
 
-    async def read(self, limit: int) -> bytes: ...
+    async def read(self, limit: int) -> list[bytes]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +141,7 @@ class Service:
                 )
             self.uploading += 1
             try:
-                body = await upload.read(limit)
+                body = b"".join(await upload.read(limit))  # one piece is not copied
                 job = await self.scheduler.enqueue(body, iterations)
             finally:
                 self.uploading -= 1

@@ -21,7 +21,6 @@ log = logging.getLogger(__name__)
 
 _DECIMAL = re.compile(r"[0-9]{1,19}")
 _NUMBER = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
-READ_CHUNK = 1 << 20
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 EVENTS = web.AppKey("events", Events)  # told of every refusal (metrics), when the app has them
@@ -126,25 +125,34 @@ def body_limits(request: web.Request) -> BodyLimits:
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body: TooLarge past `limit` bytes, RequestTimeout when it comes too slowly (see
-    BodyLimits), BadRequest when it is malformed (a broken chunked encoding) or cut short."""
+    """The whole body, joined (see read_pieces)."""
+    return b"".join(await read_pieces(request, limit))
+
+
+async def read_pieces(request: web.Request, limit: int) -> list[bytes]:
+    """The whole body, in the pieces it arrived in (joining a 256 KB body would copy it once more
+    than hashing it needs): TooLarge past `limit` bytes, RequestTimeout when it comes too slowly
+    (see BodyLimits), BadRequest when it is malformed (a broken chunked encoding) or cut short."""
     limits = body_limits(request)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    chunks: list[bytes] = []
+    pieces: list[bytes] = []
     size = 0
     content = request.content
     while True:
         wait_s = limits.read_timeout_s
         if limits.min_bytes_per_s > 0:
             wait_s = min(wait_s, started + limits.read_timeout_s + size / limits.min_bytes_per_s - loop.time())
+        if content.is_eof() and content.total_bytes == size:  # all of it read (an empty body's
+            return pieces  # reader is shared, and answers every later readchunk with a chunk end)
         try:
-            chunk = content.read_nowait(READ_CHUNK)  # what has arrived already: no timer needed
-            if not chunk and not content.is_eof():
+            if content.total_bytes > size:  # a piece has arrived: no timer needed
+                piece, chunk_end = await content.readchunk()
+            else:
                 if wait_s <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(wait_s):
-                    chunk = await content.read(READ_CHUNK)
+                    piece, chunk_end = await content.readchunk()
         except TimeoutError:
             request[BODY_TIMED_OUT] = True
             raise RequestTimeout(
@@ -153,24 +161,26 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             ) from None
         except (web.RequestPayloadError, ConnectionError) as exc:  # the client broke off or garbled it
             raise BadRequest(f"request body unreadable: {type(exc).__name__}") from None
-        if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
+        if not piece:
+            if chunk_end:  # the end of a chunk of a chunked body, not of the body
+                continue
+            return pieces
+        size += len(piece)
         if size > limit:
             raise TooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+        pieces.append(piece)
 
 
 class RequestUpload:
     """A request body as the service reads it: announced length first, then at most `limit` bytes,
-    within the body limits (read_body)."""
+    in the pieces they came in, within the body limits (read_pieces)."""
 
     def __init__(self, request: web.Request) -> None:
         self._request = request
         self.content_length = request.content_length
 
-    async def read(self, limit: int) -> bytes:
-        return await read_body(self._request, limit)
+    async def read(self, limit: int) -> list[bytes]:
+        return await read_pieces(self._request, limit)
 
 
 @web.middleware

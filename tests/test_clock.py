@@ -57,8 +57,8 @@ class Body:
         self.data = data
         self.content_length = len(data)
 
-    async def read(self, limit: int) -> bytes:
-        return self.data
+    async def read(self, limit: int) -> list[bytes]:
+        return [self.data]
 
 
 class FakeLauncher(Launcher):

@@ -213,6 +213,38 @@ def test_a_feed_hashes_the_jobs_pushed_before_its_run_and_answers_them_in_push_o
     assert feed.run() == [reference(b, n) for b, n in jobs]
 
 
+def _cut(body: bytes, ends: list[int]) -> list[bytes]:
+    return [body[a:b] for a, b in zip([0, *ends], [*ends, len(body)], strict=True)]
+
+
+def test_a_feed_hashes_a_body_in_pieces_as_their_concatenation():
+    """A body pushed as the pieces it arrived in: the lanes read each piece's full blocks in
+    place and gather a block that spans pieces, or the tail. Cuts at every offset within a block,
+    empty and one-byte pieces, many of them, and more jobs than lanes, so bodies in pieces go
+    through the lanes, the narrower kernel and the scalar one, beside whole bodies."""
+    rng = random.Random(7)
+    jobs: list[tuple[list[bytes] | bytes, bytes, int]] = []
+    for offset in range(0, 129, 3):
+        body = random_body(128 * 5 + offset, offset)
+        jobs.append((_cut(body, [128 + offset, 128 * 3 + 1]), body, 1 + offset % 2))
+    for length in (0, 1, 111, 112, 127, 128, 129, 240, 256, 1000, 70_000):
+        body = random_body(length, length)
+        ends = sorted(rng.randrange(0, length + 1) for _ in range(rng.randrange(1, 6)))
+        jobs.append((_cut(body, ends), body, rng.choice([1, 2, 40])))
+    jobs.append(([b"", b"", b""], b"", 1))
+    jobs.append(([], b"", 2))
+    tiny = random_body(300, 300)
+    jobs.append((_cut(tiny, list(range(1, 300))), tiny, 1))  # 300 one-byte pieces
+    jobs.append((random_body(5_000, 5), random_body(5_000, 5), 3))  # a whole body beside them
+    feed = native.Feed(len(jobs))
+    assert [feed.push(data, n) for data, _, n in jobs] == list(range(len(jobs)))
+    assert feed.run() == [reference(body, n) for _, body, n in jobs]
+    for data, body, n in jobs[::7]:  # alone, a lone body finishes in scalar
+        one = native.Feed(1)
+        one.push(data, n)
+        assert one.run() == [reference(body, n)]
+
+
 def test_a_feed_refuses_a_job_past_its_capacity_and_any_after_its_run():
     feed = native.Feed(2)
     assert feed.push(b"a", 1) == 0

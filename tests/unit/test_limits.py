@@ -54,7 +54,7 @@ async def serving(
     stored: list[bytes] = []
 
     async def upload(request: web.Request) -> web.Response:
-        body = await RequestUpload(request).read(1 << 21)
+        body = b"".join(await RequestUpload(request).read(1 << 21))
         stored.append(body)
         return json_response({"size": len(body)})
 
@@ -284,8 +284,8 @@ async def test_an_idle_reserved_connection_must_send_within_header_timeout():
 class Ready:
     content_length = 1
 
-    async def read(self, limit: int) -> bytes:
-        return b"r"
+    async def read(self, limit: int) -> list[bytes]:
+        return [b"r"]
 
 
 class GatedUpload:
@@ -296,9 +296,9 @@ class GatedUpload:
     def __init__(self, gate: asyncio.Event) -> None:
         self.gate = gate
 
-    async def read(self, limit: int) -> bytes:
+    async def read(self, limit: int) -> list[bytes]:
         await self.gate.wait()
-        return b"abc"
+        return [b"abc"]
 
 
 @aio

@@ -136,12 +136,15 @@ void dw_chain_parts(const dw_part *parts, size_t nparts, size_t len, uint64_t it
  * block: st += compress(st, w) for every lane (w: 16 message words per lane).
  * chain: steps times, st = sha512 of the 64-byte message st, on every lane.
  * scalar_below: once no jobs are left and at most this many lanes are busy, the driver finishes
- * them with the scalar kernel (bodies and chains), which is faster than a mostly empty vector. */
+ * them with the scalar kernel (bodies and chains), which is faster than a mostly empty vector.
+ * load (or NULL: the driver loads them itself): w = the message words of one 128-byte block per
+ * lane, big-endian, at blocks[lane]. */
 typedef struct {
     int lanes;
     int scalar_below;
     void (*block)(uint64_t *st, const uint64_t *w);
     void (*chain)(uint64_t *st, uint64_t steps);
+    void (*load)(uint64_t *w, const uint8_t *const *blocks);
 } dw_lane_kernel;
 
 /* The multi-buffer driver (sha512_lanes.c): keeps every lane busy while jobs remain. Once none

@@ -117,16 +117,30 @@ static void retire(run_t *r, int l)
     assign(r, l);
 }
 
+/* A body lane's next block. */
+static const uint8_t *next_block(lane_t *ln)
+{
+    size_t one;
+    return ln->full_left ? dw_reader_blocks(&ln->body, 1, &one, ln->seam) : ln->tail + 128 * ln->tail_done;
+}
+
 /* One block per lane: body lanes compress their next block, chain lanes take one step. */
 static void mixed_step(run_t *r)
 {
+    static const uint8_t zeros[128];
     int L = r->k->lanes;
+    if (r->k->load != NULL) { /* the kernel loads the body lanes' blocks; chain lanes are set after */
+        const uint8_t *blocks[MAX_LANES];
+        for (int l = 0; l < L; l++)
+            blocks[l] = r->lane[l].phase == BODY ? next_block(&r->lane[l]) : zeros;
+        r->k->load(r->w, blocks);
+    }
     for (int l = 0; l < L; l++) {
         lane_t *ln = &r->lane[l];
         if (ln->phase == BODY) {
-            size_t one;
-            const uint8_t *block =
-                ln->full_left ? dw_reader_blocks(&ln->body, 1, &one, ln->seam) : ln->tail + 128 * ln->tail_done;
+            if (r->k->load != NULL)
+                continue;
+            const uint8_t *block = next_block(ln);
             for (int i = 0; i < 16; i++)
                 r->w[i * L + l] = dw_load_be64(block + 8 * i);
         } else if (ln->phase == CHAIN) {
@@ -138,7 +152,7 @@ static void mixed_step(run_t *r)
             for (int i = 9; i < 15; i++)
                 r->w[i * L + l] = 0;
             r->w[15 * L + l] = DW_LEN64;
-        } else {
+        } else if (r->k->load == NULL) {
             for (int i = 0; i < 16; i++)
                 r->w[i * L + l] = 0;
         }

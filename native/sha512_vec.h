@@ -134,3 +134,41 @@ DW_TARGET static void DW_NAME(chain)(uint64_t *st, uint64_t steps)
         for (int g = 0; g < DW_GROUPS; g++)
             VSTORE(st + i * DW_LANES + g * DW_VW, s[i][g]);
 }
+
+#if DW_VW == 8
+/* Body blocks into the lanes with vector loads: 8 lanes' blocks at a time, each 64-bit word
+ * byte-swapped (with AVX-512F alone: vpshufb on 512 bits needs AVX-512BW), then transposed as
+ * two 8x8 matrices of words, where the driver's 16 scalar loads and stores a lane cost more. */
+DW_TARGET static void DW_NAME(load)(uint64_t *w, const uint8_t *const *blocks)
+{
+    const __m512i low_bytes = _mm512_set1_epi64(0x00FF00FF00FF00FFLL);
+    for (int g = 0; g < DW_GROUPS; g++) {
+        for (int half = 0; half < 2; half++) {
+            __m512i r[8], t[8];
+            for (int l = 0; l < 8; l++) { /* r[l]: words 8 * half .. + 7 of lane l */
+                __m512i x = _mm512_loadu_si512((const void *)(blocks[8 * g + l] + 64 * half));
+                x = _mm512_ror_epi32(_mm512_ror_epi64(x, 32), 16);
+                r[l] = _mm512_ternarylogic_epi64(low_bytes, _mm512_srli_epi64(x, 8), _mm512_slli_epi64(x, 8), 0xCA);
+            }
+            for (int l = 0; l < 8; l += 2) { /* t[l]: even words of lanes l, l+1 by pairs; t[l+1]: odd */
+                t[l] = _mm512_unpacklo_epi64(r[l], r[l + 1]);
+                t[l + 1] = _mm512_unpackhi_epi64(r[l], r[l + 1]);
+            }
+            uint64_t *out = w + 8 * half * DW_LANES + 8 * g;
+            for (int p = 0; p < 2; p++) { /* even words, then odd */
+                __m512i u0 = _mm512_shuffle_i64x2(t[p], t[2 + p], _MM_SHUFFLE(2, 0, 2, 0));
+                __m512i u1 = _mm512_shuffle_i64x2(t[p], t[2 + p], _MM_SHUFFLE(3, 1, 3, 1));
+                __m512i v0 = _mm512_shuffle_i64x2(t[4 + p], t[6 + p], _MM_SHUFFLE(2, 0, 2, 0));
+                __m512i v1 = _mm512_shuffle_i64x2(t[4 + p], t[6 + p], _MM_SHUFFLE(3, 1, 3, 1));
+                _mm512_storeu_si512((void *)(out + (0 + p) * DW_LANES), _mm512_shuffle_i64x2(u0, v0, _MM_SHUFFLE(2, 0, 2, 0)));
+                _mm512_storeu_si512((void *)(out + (2 + p) * DW_LANES), _mm512_shuffle_i64x2(u1, v1, _MM_SHUFFLE(2, 0, 2, 0)));
+                _mm512_storeu_si512((void *)(out + (4 + p) * DW_LANES), _mm512_shuffle_i64x2(u0, v0, _MM_SHUFFLE(3, 1, 3, 1)));
+                _mm512_storeu_si512((void *)(out + (6 + p) * DW_LANES), _mm512_shuffle_i64x2(u1, v1, _MM_SHUFFLE(3, 1, 3, 1)));
+            }
+        }
+    }
+}
+#define DW_LOADER DW_NAME(load)
+#else
+#define DW_LOADER NULL
+#endif

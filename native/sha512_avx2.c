@@ -13,5 +13,5 @@
 #include "sha512_vec.h"
 
 /* 4 lanes run at ~2.4x the scalar kernel here: only a lone chain is faster in scalar. */
-const dw_lane_kernel dw_avx2_kernel = {DW_LANES, 1, dw_avx2_block, dw_avx2_chain, DW_LOADER};
+const dw_lane_kernel dw_avx2_kernel = {DW_LANES, 1, dw_avx2_block, dw_avx2_chain, dw_avx2_load};
 #endif

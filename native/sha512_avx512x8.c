@@ -15,5 +15,5 @@
 #define DW_ROR(x, n) ((V)_mm512_ror_epi64((__m512i)(x), (n)))
 #include "sha512_vec.h"
 
-const dw_lane_kernel dw_avx512x8_kernel = {DW_LANES, 1, dw_avx512x8_block, dw_avx512x8_chain, DW_LOADER};
+const dw_lane_kernel dw_avx512x8_kernel = {DW_LANES, 1, dw_avx512x8_block, dw_avx512x8_chain, dw_avx512x8_load};
 #endif

@@ -78,14 +78,22 @@ static inline void dw_reader_init(dw_reader *rd, const uint8_t *data, size_t len
     rd->next = 0;
 }
 
+/* Moves to the next piece; 0 when there is none. */
+static inline int dw_reader_next_piece(dw_reader *rd)
+{
+    if (rd->next == rd->nparts)
+        return 0;
+    rd->cur = rd->parts[rd->next].data;
+    rd->cur_left = rd->parts[rd->next++].len;
+    return 1;
+}
+
 /* The next n full blocks, 1 <= n <= most, consecutive in memory: in place, or one block gathered
  * into seam when it spans pieces. At least one full block must be left. */
 static inline const uint8_t *dw_reader_blocks(dw_reader *rd, size_t most, size_t *n, uint8_t seam[128])
 {
-    while (rd->cur_left == 0 && rd->next < rd->nparts) {
-        rd->cur = rd->parts[rd->next].data;
-        rd->cur_left = rd->parts[rd->next++].len;
-    }
+    while (rd->cur_left == 0 && dw_reader_next_piece(rd))
+        continue; /* past empty pieces */
     if (rd->cur_left >= 128) {
         size_t k = rd->cur_left / 128 < most ? rd->cur_left / 128 : most;
         const uint8_t *at = rd->cur;
@@ -96,12 +104,10 @@ static inline const uint8_t *dw_reader_blocks(dw_reader *rd, size_t most, size_t
     }
     for (size_t got = 0; got < 128;) {
         if (rd->cur_left == 0) {
-            if (rd->next == rd->nparts) { /* cannot happen: a body's length is its pieces' sum */
+            if (!dw_reader_next_piece(rd)) { /* cannot happen: a body's length is its pieces' sum */
                 memset(seam + got, 0, 128 - got);
                 break;
             }
-            rd->cur = rd->parts[rd->next].data;
-            rd->cur_left = rd->parts[rd->next++].len;
             continue;
         }
         size_t take = rd->cur_left < 128 - got ? rd->cur_left : 128 - got;
@@ -137,8 +143,7 @@ void dw_chain_parts(const dw_part *parts, size_t nparts, size_t len, uint64_t it
  * chain: steps times, st = sha512 of the 64-byte message st, on every lane.
  * scalar_below: once no jobs are left and at most this many lanes are busy, the driver finishes
  * them with the scalar kernel (bodies and chains), which is faster than a mostly empty vector.
- * load (or NULL: the driver loads them itself): w = the message words of one 128-byte block per
- * lane, big-endian, at blocks[lane]. */
+ * load: w = the message words of one 128-byte block per lane, big-endian, at blocks[lane]. */
 typedef struct {
     int lanes;
     int scalar_below;

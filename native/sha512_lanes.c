@@ -128,22 +128,14 @@ static const uint8_t *next_block(lane_t *ln)
 static void mixed_step(run_t *r)
 {
     static const uint8_t zeros[128];
+    const uint8_t *blocks[MAX_LANES];
     int L = r->k->lanes;
-    if (r->k->load != NULL) { /* the kernel loads the body lanes' blocks; chain lanes are set after */
-        const uint8_t *blocks[MAX_LANES];
-        for (int l = 0; l < L; l++)
-            blocks[l] = r->lane[l].phase == BODY ? next_block(&r->lane[l]) : zeros;
-        r->k->load(r->w, blocks);
-    }
+    for (int l = 0; l < L; l++) /* the kernel loads the body lanes' blocks; chain lanes are set after */
+        blocks[l] = r->lane[l].phase == BODY ? next_block(&r->lane[l]) : zeros;
+    r->k->load(r->w, blocks);
     for (int l = 0; l < L; l++) {
         lane_t *ln = &r->lane[l];
-        if (ln->phase == BODY) {
-            if (r->k->load != NULL)
-                continue;
-            const uint8_t *block = next_block(ln);
-            for (int i = 0; i < 16; i++)
-                r->w[i * L + l] = dw_load_be64(block + 8 * i);
-        } else if (ln->phase == CHAIN) {
+        if (ln->phase == CHAIN) {
             for (int i = 0; i < 8; i++) {
                 r->w[i * L + l] = r->st[i * L + l];
                 r->st[i * L + l] = dw_IV[i];
@@ -152,9 +144,6 @@ static void mixed_step(run_t *r)
             for (int i = 9; i < 15; i++)
                 r->w[i * L + l] = 0;
             r->w[15 * L + l] = DW_LEN64;
-        } else if (r->k->load == NULL) {
-            for (int i = 0; i < 16; i++)
-                r->w[i * L + l] = 0;
         }
     }
     r->k->block(r->st, r->w);

@@ -138,7 +138,7 @@ DW_TARGET static void DW_NAME(chain)(uint64_t *st, uint64_t steps)
 #if DW_VW == 8
 /* Body blocks into the lanes with vector loads: 8 lanes' blocks at a time, each 64-bit word
  * byte-swapped (with AVX-512F alone: vpshufb on 512 bits needs AVX-512BW), then transposed as
- * two 8x8 matrices of words, where the driver's 16 scalar loads and stores a lane cost more. */
+ * two 8x8 matrices of words: one word at a time (the loader below, for AVX2) costs more. */
 DW_TARGET static void DW_NAME(load)(uint64_t *w, const uint8_t *const *blocks)
 {
     const __m512i low_bytes = _mm512_set1_epi64(0x00FF00FF00FF00FFLL);
@@ -168,7 +168,12 @@ DW_TARGET static void DW_NAME(load)(uint64_t *w, const uint8_t *const *blocks)
         }
     }
 }
-#define DW_LOADER DW_NAME(load)
 #else
-#define DW_LOADER NULL
+/* Body blocks into the lanes one word at a time. */
+DW_TARGET static void DW_NAME(load)(uint64_t *w, const uint8_t *const *blocks)
+{
+    for (int l = 0; l < DW_LANES; l++)
+        for (int i = 0; i < 16; i++)
+            w[i * DW_LANES + l] = dw_load_be64(blocks[l] + 8 * i);
+}
 #endif

@@ -155,6 +155,8 @@ class Feed:
         A body that came in pieces may be given as their list: it is hashed as their concatenation
         without being joined (a 256 KB body would cost a 256 KB copy)."""
         _check_iterations(iterations)
+        if isinstance(data, list) and len(data) <= 1:  # nothing to gather: no array of pieces
+            data = data[0] if data else b""
         if isinstance(data, list):
             keep: Any = [_buffer(piece) for piece in data]
             parts = ffi.new("dw_part[]", len(keep))

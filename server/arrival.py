@@ -35,7 +35,7 @@ ON_LOOP_MAX = 16  # compressions (~3 us): bodies under 2 KB, where hashlib keeps
 class ArrivalHasher:
     def __init__(self) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="arrival-hash")
-        self._waiting: list[tuple[native.Body, int, asyncio.Future[bytes]]] = []
+        self._waiting: list[tuple[list[bytes], int, asyncio.Future[bytes]]] = []
         self._batches: asyncio.Task[None] | None = None
         self._batch: _Batch | None = None  # the batch being hashed, while it takes more
         self.batches = 0  # batches hashed in the thread so far
@@ -50,12 +50,11 @@ class ArrivalHasher:
             return reference.chain(b"".join(pieces), iterations)  # under 2 KB
         self.in_thread += 1
         done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        body = pieces if len(pieces) > 1 else pieces[0] if pieces else b""
-        if self._batch is not None and self._batch.feed.push(body, iterations) is not None:
+        if self._batch is not None and self._batch.feed.push(pieces, iterations) is not None:
             self._batch.done.append(done)
             self.joined += 1
         else:
-            self._waiting.append((body, iterations, done))
+            self._waiting.append((pieces, iterations, done))
             if self._batches is None:
                 self._batches = asyncio.create_task(self._run_batches(), name="arrival-hash")
         return await done

@@ -10,7 +10,7 @@ a worker through the log. It never logs a credential, a body or a digest.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -47,38 +47,52 @@ class Events:
 
 
 class Fanout(Events):
-    """Every hook passed on to each of several watchers, in order."""
+    """Every hook passed on to each of several watchers, in order; a watcher that keeps a hook's
+    no-op is not called for it (the hooks run for every job)."""
 
     def __init__(self, *watchers: Events) -> None:
         self.watchers = watchers
+        self._enqueued = _overriding(watchers, "enqueued")
+        self._leased = _overriding(watchers, "leased")
+        self._requeued = _overriding(watchers, "requeued")
+        self._finished = _overriding(watchers, "finished")
+        self._handed_out = _overriding(watchers, "handed_out")
+        self._refused = _overriding(watchers, "refused")
+        self._committed = _overriding(watchers, "committed")
 
     def enqueued(self, job: Job, seconds: float) -> None:
-        for w in self.watchers:
-            w.enqueued(job, seconds)
+        for hook in self._enqueued:
+            hook(job, seconds)
 
     def leased(self, leases: Sequence[Lease]) -> None:
-        for w in self.watchers:
-            w.leased(leases)
+        for hook in self._leased:
+            hook(leases)
 
     def requeued(self, leases: Sequence[Lease], why: str) -> None:
-        for w in self.watchers:
-            w.requeued(leases, why)
+        for hook in self._requeued:
+            hook(leases, why)
 
     def finished(self, job: Job, error: str | None, worker: str | None, lease: Lease | None) -> None:
-        for w in self.watchers:
-            w.finished(job, error, worker, lease)
+        for hook in self._finished:
+            hook(job, error, worker, lease)
 
     def handed_out(self, work_ids: Sequence[str]) -> None:
-        for w in self.watchers:
-            w.handed_out(work_ids)
+        for hook in self._handed_out:
+            hook(work_ids)
 
     def refused(self, reason: str) -> None:
-        for w in self.watchers:
-            w.refused(reason)
+        for hook in self._refused:
+            hook(reason)
 
     def committed(self, operations: int, durable: bool, seconds: float) -> None:
-        for w in self.watchers:
-            w.committed(operations, durable, seconds)
+        for hook in self._committed:
+            hook(operations, durable, seconds)
+
+
+def _overriding(watchers: Sequence[Events], hook: str) -> tuple[Callable[..., None], ...]:
+    """The watchers' own methods for `hook`, without those that inherit Events' no-op."""
+    base = getattr(Events, hook)
+    return tuple(getattr(w, hook) for w in watchers if getattr(type(w), hook) is not base)
 
 
 class EventLog(Events):

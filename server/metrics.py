@@ -1,7 +1,8 @@
 """GET /metrics: the server's Prometheus metrics, from prometheus_client, in its own registry.
 
-Counters and histograms are fed by the event hooks (server/events.py) as things happen; gauges
-are read from the server's parts at scrape time by a collector (nothing is stored for them).
+Counters and histograms are fed by the event hooks (server/events.py) as things happen, as plain
+numbers that one thread each keeps (no lock on the hot path), and become Prometheus families only
+when scraped; gauges are read from the server's parts at scrape time (nothing is stored for them).
 Label sets are bounded: refusals by a fixed set of reasons, workers by state, and the per-worker
 rate only for workers the registry still knows (a forgotten worker's series is gone with it).
 
@@ -11,14 +12,17 @@ name (`_seconds`, `_bytes`). The list, with what each means, is in docs/monitori
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import shutil
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from server.events import Events
 
@@ -38,48 +42,67 @@ FSYNC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 GUARD_STATES = ("ok", "capped", "backoff", "suspended")
 
 
+class _Histogram:
+    """A histogram's bucket counts and sum, kept by one thread without a lock (the event loop, or
+    the store's writer for the commit figures) and read at scrape time: prometheus_client's own
+    takes a lock per bucket and per sum, several microseconds a job on the hot path."""
+
+    __slots__ = ("bounds", "counts", "total", "upper")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        # the `le` labels, spelled as prometheus_client spells them
+        self.upper = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1  # the first bound >= value: `le`
+        self.total += value
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        counts = list(self.counts)  # a copy: the writer thread may add to its own meanwhile
+        buckets = list(zip(self.upper, itertools.accumulate(counts), strict=True))
+        return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.total)
+
+
+# (name without _total, help, attribute of Metrics)
+_COUNTERS = (
+    ("dynwork_jobs_enqueued", "Jobs stored durably.", "enqueued_total"),
+    ("dynwork_jobs_leased", "Leases handed to workers (one per job).", "leased_total"),
+    ("dynwork_jobs_completed", "Jobs finished with a result.", "completed_total"),
+    ("dynwork_jobs_failed", "Jobs finished as failed.", "failed_total"),
+    ("dynwork_jobs_retried", "Leases that ended without a result, their jobs queued again.", "retried_total"),
+    ("dynwork_results_handed_out", "Results handed to pullCompleted clients (confirmed).", "handed_total"),
+)
+# (name, help, attribute of Metrics)
+_HISTOGRAMS = (
+    ("dynwork_enqueue_seconds", "Time to take one enqueue: body read, stored, committed.", "enqueue_seconds"),
+    ("dynwork_queue_wait_seconds", "From (re)queued to leased.", "queue_wait"),
+    ("dynwork_run_seconds", "From leased to finished, for the lease that finished the job.", "run_time"),
+    ("dynwork_end_to_end_seconds", "From enqueued to finished.", "end_to_end"),
+    ("dynwork_store_commit_operations", "Operations per group commit of the store.", "commit_size"),
+    ("dynwork_store_durable_commit_seconds", "Time of a durable (fsynced) group commit.", "fsync_seconds"),
+)
+
+
 class Metrics(Events):
+    """The counters and histograms, fed by the event hooks: plain numbers, each kept by one
+    thread, turned into Prometheus families only when scraped."""
+
     def __init__(self) -> None:
-        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client; process-wide, as wanted here: no `_created` twin series
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.enqueued_total = Counter("dynwork_jobs_enqueued_total", "Jobs stored durably.", registry=r)
-        self.leased_total = Counter("dynwork_jobs_leased_total", "Leases handed to workers (one per job).", registry=r)
-        self.completed_total = Counter("dynwork_jobs_completed_total", "Jobs finished with a result.", registry=r)
-        self.failed_total = Counter("dynwork_jobs_failed_total", "Jobs finished as failed.", registry=r)
-        self.retried_total = Counter(
-            "dynwork_jobs_retried_total", "Leases that ended without a result, their jobs queued again.", registry=r
-        )
-        self.handed_total = Counter(
-            "dynwork_results_handed_out_total", "Results handed to pullCompleted clients (confirmed).", registry=r
-        )
-        self.refusals = Counter(
-            "dynwork_requests_refused_total", "Requests refused, by reason.", ["reason"], registry=r
-        )
-        for reason in REFUSAL_REASONS:
-            self.refusals.labels(reason)  # every series exists from the start: rates need no gaps
-        self.enqueue_seconds = Histogram(
-            "dynwork_enqueue_seconds", "Time to take one enqueue: body read, stored, committed.",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.queue_wait = Histogram(
-            "dynwork_queue_wait_seconds", "From (re)queued to leased.", buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.run_time = Histogram(
-            "dynwork_run_seconds", "From leased to finished, for the lease that finished the job.",
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.end_to_end = Histogram(
-            "dynwork_end_to_end_seconds", "From enqueued to finished.", buckets=LATENCY_BUCKETS, registry=r
-        )
-        self.commit_size = Histogram(
-            "dynwork_store_commit_operations", "Operations per group commit of the store.",
-            buckets=COMMIT_SIZE_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.fsync_seconds = Histogram(
-            "dynwork_store_durable_commit_seconds", "Time of a durable (fsynced) group commit.",
-            buckets=FSYNC_BUCKETS, registry=r,
-        )  # fmt: skip
+        self.enqueued_total = self.leased_total = self.completed_total = self.failed_total = 0
+        self.retried_total = self.handed_total = 0
+        # every reason counted from the start: rates need no gaps
+        self.refusals = dict.fromkeys(REFUSAL_REASONS, 0)
+        self.enqueue_seconds = _Histogram(LATENCY_BUCKETS)
+        self.queue_wait = _Histogram(LATENCY_BUCKETS)
+        self.run_time = _Histogram(LATENCY_BUCKETS)
+        self.end_to_end = _Histogram(LATENCY_BUCKETS)
+        self.commit_size = _Histogram(COMMIT_SIZE_BUCKETS)  # these two: the store's writer thread
+        self.fsync_seconds = _Histogram(FSYNC_BUCKETS)
+        self.registry.register(_EventFamilies(self))
 
     def watch(self, node: Node) -> None:
         """Read the gauges from this node's parts at every scrape."""
@@ -90,20 +113,22 @@ class Metrics(Events):
 
     # -- the event hooks (hot path: O(1) each) ---------------------------------------------
     def enqueued(self, job: Job, seconds: float) -> None:
-        self.enqueued_total.inc()
+        self.enqueued_total += 1
         self.enqueue_seconds.observe(seconds)
 
     def leased(self, leases: Sequence[Lease]) -> None:
-        if leases:
-            self.leased_total.inc(len(leases))
-            for lease in leases:
-                self.queue_wait.observe(max(0.0, lease.started - lease.job.waiting_since))
+        self.leased_total += len(leases)
+        for lease in leases:
+            self.queue_wait.observe(max(0.0, lease.started - lease.job.waiting_since))
 
     def requeued(self, leases: Sequence[Lease], why: str) -> None:
-        self.retried_total.inc(len(leases))
+        self.retried_total += len(leases)
 
     def finished(self, job: Job, error: str | None, worker: str | None, lease: Lease | None) -> None:
-        (self.completed_total if error is None else self.failed_total).inc()
+        if error is None:
+            self.completed_total += 1
+        else:
+            self.failed_total += 1
         now = time.monotonic()
         if lease is not None and lease.started:
             self.run_time.observe(max(0.0, now - lease.started))
@@ -111,15 +136,33 @@ class Metrics(Events):
             self.end_to_end.observe(max(0.0, now - job.enqueued_mono))
 
     def handed_out(self, work_ids: Sequence[str]) -> None:
-        self.handed_total.inc(len(work_ids))
+        self.handed_total += len(work_ids)
 
     def refused(self, reason: str) -> None:
-        self.refusals.labels(reason if reason in REFUSAL_REASONS else "other").inc()
+        self.refusals[reason if reason in self.refusals else "other"] += 1
 
     def committed(self, operations: int, durable: bool, seconds: float) -> None:
         self.commit_size.observe(operations)
         if durable:
             self.fsync_seconds.observe(seconds)
+
+
+class _EventFamilies(Collector):
+    """The counters and histograms of a Metrics, as Prometheus families at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        for name, documentation, attribute in _COUNTERS:
+            yield CounterMetricFamily(name, documentation, value=getattr(m, attribute))
+        refusals = CounterMetricFamily("dynwork_requests_refused", "Requests refused, by reason.", labels=["reason"])
+        for reason, count in m.refusals.items():
+            refusals.add_metric([reason], count)
+        yield refusals
+        for name, documentation, attribute in _HISTOGRAMS:
+            yield getattr(m, attribute).family(name, documentation)
 
 
 class NodeGauges(Collector):

@@ -41,6 +41,7 @@ MAX_FAILURE_CHARS = 300
 LATENCY_MIN_S = 1e-3  # bucket 0 holds everything faster than this
 LATENCY_RATIO = 2 ** (1 / 8)
 LATENCY_BUCKETS = 300  # the last bucket (about 200 days and more) holds everything slower
+_LOG_RATIO = math.log(LATENCY_RATIO)
 
 #: the per-sample series, in the order of Sample's fields after the time
 SERIES = ("queued", "running", "throughput", "p50", "p95", "p99", "workers", "busy")
@@ -51,7 +52,7 @@ CURSOR_RE = re.compile(r"([0-9a-f]{1,16}):([0-9]{1,12})")  # epoch:seq
 def latency_bucket(seconds: float) -> int:
     if not seconds > LATENCY_MIN_S:  # also nan
         return 0
-    return min(LATENCY_BUCKETS - 1, 1 + int(math.log(seconds / LATENCY_MIN_S) / math.log(LATENCY_RATIO)))
+    return min(LATENCY_BUCKETS - 1, 1 + int(math.log(seconds / LATENCY_MIN_S) / _LOG_RATIO))
 
 
 def bucket_value(bucket: int) -> float:
@@ -133,14 +134,13 @@ class Recorder(Events):
         self.failed_total = 0
 
     def finished(self, job: Job, error: str | None, worker: str | None, lease: Lease | None = None) -> None:
-        now = self.clock.wall()
         if error is None:
             self.completed_total += 1
             self.latency.record(max(0.0, self.clock.mono() - job.enqueued_mono))
             return
         self.failed_total += 1
         reason = "".join(c if c.isprintable() else " " for c in error[:MAX_FAILURE_CHARS])
-        self.failures.append(Failure(str(job.work_id(self.server)), reason, now, worker, job.attempts))
+        self.failures.append(Failure(str(job.work_id(self.server)), reason, self.clock.wall(), worker, job.attempts))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,6 +19,7 @@ SOURCES = [
     "sha512_avx2.c",
     "sha512_avx512.c",
     "sha512_avx512x8.c",
+    "sha512_avx512x4.c",
 ]
 
 

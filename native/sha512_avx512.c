@@ -14,6 +14,6 @@
 
 /* One lane of 16 runs at about a third of the scalar kernel's speed (figures from issue 3:
  * ~34 M it/s for 16 lanes vs ~7 M scalar), so at 3 chains or fewer the scalar kernel wins; the
- * driver hands a batch's last 2 to 8 chains to the one-group kernel (sha512_avx512x8.c) first. */
+ * driver hands a batch's last chains to narrower kernels first (sha512_avx512x8.c, x4.c). */
 const dw_lane_kernel dw_avx512_kernel = {DW_LANES, 3, dw_avx512_block, dw_avx512_chain, dw_avx512_load};
 #endif

@@ -152,10 +152,11 @@ typedef struct {
     void (*load)(uint64_t *w, const uint8_t *const *blocks);
 } dw_lane_kernel;
 
-/* The multi-buffer driver (sha512_lanes.c): keeps every lane busy while jobs remain. Once none
- * remain and the busy lanes fit in `narrower` (a kernel with fewer lanes, or NULL), they finish
- * there, where each step costs less, whether still in their bodies or chaining. */
-void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_t n,
+/* The multi-buffer driver (sha512_lanes.c): runs the jobs on a ladder of kernels, the lead
+ * kernel first, then narrower ones, NULL-terminated, and keeps every lane busy while jobs remain.
+ * Once none remain, the busy lanes move to the narrowest kernel that holds them, where each step
+ * costs less, whether still in their bodies or chaining. */
+void dw_lanes_run(const dw_lane_kernel *const *ladder, size_t n,
                   const uint8_t *const *data, const size_t *lens, const uint64_t *iterations,
                   uint8_t *out);
 
@@ -194,7 +195,7 @@ static inline int dw_feed_close(struct dw_feed *feed, size_t taken)
 void dw_feed_done(struct dw_feed *feed, size_t j);
 
 /* The driver on a feed: like dw_lanes_run, on the jobs pushed before and while it runs. */
-void dw_lanes_feed(const dw_lane_kernel *k, const dw_lane_kernel *narrower, struct dw_feed *feed);
+void dw_lanes_feed(const dw_lane_kernel *const *ladder, struct dw_feed *feed);
 
 /* DW_NO_SIMD builds the portable code only, as on non-x86 machines. */
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(DW_NO_SIMD)
@@ -202,6 +203,7 @@ void dw_lanes_feed(const dw_lane_kernel *k, const dw_lane_kernel *narrower, stru
 extern const dw_lane_kernel dw_avx2_kernel;
 extern const dw_lane_kernel dw_avx512_kernel;
 extern const dw_lane_kernel dw_avx512x8_kernel; /* one group of 8: bodies, and a batch's last chains */
+extern const dw_lane_kernel dw_avx512x4_kernel; /* 4 lanes on 256-bit vectors (AVX-512VL): a batch's last 2 to 4 */
 #endif
 
 #endif

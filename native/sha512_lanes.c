@@ -10,10 +10,15 @@
  * Jobs go to the lanes longest first: the short ones refill lanes near the end, so the lanes run
  * out of work close together instead of one long job finishing alone.
  *
+ * Once no job is left to refill a lane, the busy lanes move to the narrowest kernel of the ladder
+ * that holds them (a step of 8 lanes costs as much with most of them empty), and a lone job to
+ * the scalar kernel.
+ *
  * On a feed (dw_lanes_feed) the jobs are those pushed so far (those pushed before the run
  * longest first), and the driver looks for more at every step: a job pushed while the batch runs
- * takes the next free lane, also on the narrower kernel, and one pushed while a lone job runs on
- * the scalar kernel brings that job back to the lanes (the scalar kernel runs a slice at a time
+ * takes the next free lane, also on a narrower kernel, and one that finds every lane of a
+ * narrower kernel busy moves them back to the wider one; one pushed while a lone job runs on the
+ * scalar kernel brings that job back to the lanes (the scalar kernel runs a slice at a time
  * there, SCALAR_SLICE blocks or steps, to look in between). The lanes chain at most
  * FEED_CHAIN_SLICE steps between looks: one long chain does not keep a pushed job waiting.
  */
@@ -48,6 +53,8 @@ typedef struct {
 typedef struct {
     const dw_lane_kernel *k;
     struct dw_feed *feed; /* NULL: the n jobs given */
+    int narrowed;         /* on a feed: run for a wider kernel, back to it when jobs wait for lanes */
+    int closed;           /* this run closed the feed */
     size_t n, next_job, busy;
     const job_rank *order; /* the first `ordered` jobs, longest first; NULL: as given */
     size_t ordered;
@@ -163,20 +170,40 @@ static void mixed_step(run_t *r)
     }
 }
 
-static void drive(run_t *r, const dw_lane_kernel *narrower);
+static void drive(run_t *r, const dw_lane_kernel *const *ladder);
 
-/* Moves the busy lanes (no jobs left) to the narrower kernel k2 and finishes them there, in
+/* Moves the busy lanes of r to run r2 on kernel k2, packed into its first lanes. */
+static void move_lanes(run_t *r, run_t *r2)
+{
+    int L = r->k->lanes, L2 = r2->k->lanes, j = 0;
+    for (int l = 0; l < L; l++) {
+        if (r->lane[l].phase == IDLE)
+            continue;
+        r2->lane[j] = r->lane[l];
+        for (int i = 0; i < 8; i++)
+            r2->st[i * L2 + j] = r->st[i * L + l];
+        r->lane[l].phase = IDLE;
+        j++;
+    }
+    for (; j < L2; j++)
+        r2->lane[j].phase = IDLE;
+    r2->busy += r->busy;
+    r->busy = 0;
+}
+
+/* Moves the busy lanes (no jobs left) to the narrower kernel *ladder and runs them there, in
  * whichever phase each is: a 16-lane kernel with four jobs left computes twelve empty lanes at
- * every step, and a lone 256 KB body would take 2048 such steps. */
-static void finish_narrower(run_t *r, const dw_lane_kernel *k2)
+ * every step, and a lone 256 KB body would take 2048 such steps. On a feed the narrower run takes
+ * the jobs pushed from now on, and hands its lanes back when more wait than it has lanes. */
+static void run_narrower(run_t *r, const dw_lane_kernel *const *ladder)
 {
     run_t n2;
-    int L = r->k->lanes, L2 = k2->lanes, j = 0;
     memset(&n2, 0, sizeof n2);
-    n2.k = k2;
+    n2.k = *ladder;
     n2.out = r->out; /* n2.n == 0: a retired lane is not refilled */
     if (r->feed != NULL) { /* but on a feed, by the jobs pushed from now on */
         n2.feed = r->feed;
+        n2.narrowed = 1;
         n2.data = r->data;
         n2.parts = r->parts;
         n2.nparts = r->nparts;
@@ -184,18 +211,25 @@ static void finish_narrower(run_t *r, const dw_lane_kernel *k2)
         n2.iterations = r->iterations;
         n2.n = n2.next_job = r->next_job;
     }
-    for (int l = 0; l < L; l++) {
-        if (r->lane[l].phase == IDLE)
-            continue;
-        n2.lane[j] = r->lane[l];
-        for (int i = 0; i < 8; i++)
-            n2.st[i * L2 + j] = r->st[i * L + l];
-        r->lane[l].phase = IDLE;
-        j++;
+    move_lanes(r, &n2);
+    drive(&n2, ladder + 1);
+    if (n2.closed) {
+        r->closed = 1;
+        return;
     }
-    n2.busy = (size_t)j;
-    r->busy = 0;
-    drive(&n2, NULL);
+    r->n = n2.n; /* pushed jobs wait for the wider kernel's lanes */
+    r->next_job = n2.next_job;
+    move_lanes(&n2, r);
+}
+
+/* The narrowest kernel of the ladder with room for `busy` lanes, NULL when there is none. */
+static const dw_lane_kernel *const *narrowest_fit(const dw_lane_kernel *const *ladder, size_t busy)
+{
+    const dw_lane_kernel *const *fit = NULL;
+    for (; *ladder != NULL; ladder++)
+        if ((size_t)(*ladder)->lanes >= busy)
+            fit = ladder;
+    return fit;
 }
 
 /* Runs a lane's job on the scalar kernel from state h: the rest of its body, if any, then its
@@ -259,27 +293,32 @@ static void fill_free_lanes(run_t *r)
             assign(r, l);
 }
 
-static void drive(run_t *r, const dw_lane_kernel *narrower)
+static void drive(run_t *r, const dw_lane_kernel *const *ladder)
 {
     const dw_lane_kernel *k = r->k;
     int L = k->lanes;
     for (;;) {
-        if (r->feed != NULL && waiting(r))
+        if (r->feed != NULL && waiting(r)) {
+            if (r->narrowed && r->busy == (size_t)L)
+                return; /* jobs wait and every lane is busy: the wider kernel takes them */
             fill_free_lanes(r);
+        }
         if (r->busy == 0) {
-            if (r->feed == NULL || dw_feed_close(r->feed, r->next_job))
+            if (r->feed == NULL || (r->closed = dw_feed_close(r->feed, r->next_job)))
                 return;
             continue; /* jobs were pushed meanwhile */
         }
         if (r->next_job >= r->n) { /* no job left to refill a lane: fewer lanes cost less */
-            if (narrower != NULL && r->busy <= (size_t)narrower->lanes && r->busy > (size_t)narrower->scalar_below) {
-                finish_narrower(r, narrower);
-                if (r->feed != NULL)
-                    return; /* the narrower run took the feed over, and closed it */
+            const dw_lane_kernel *const *fit = narrowest_fit(ladder, r->busy);
+            const dw_lane_kernel *least = fit != NULL ? *fit : k;
+            if (r->busy <= (size_t)least->scalar_below) {
+                finish_scalar(r);
                 continue;
             }
-            if (r->busy <= (size_t)k->scalar_below) {
-                finish_scalar(r);
+            if (fit != NULL) {
+                run_narrower(r, fit);
+                if (r->closed)
+                    return; /* the narrower run finished the feed, and closed it */
                 continue;
             }
         }
@@ -335,37 +374,37 @@ static job_rank *longest_first(size_t n, int lanes, const size_t *lens, const ui
 }
 
 /* Hands out the n jobs given in r (longest first), then drives the lanes until all are done. */
-static void run(run_t *r, const dw_lane_kernel *narrower)
+static void run(run_t *r, const dw_lane_kernel *const *ladder)
 {
     job_rank *order = longest_first(r->n, r->k->lanes, r->lens, r->iterations);
     r->order = order;
     r->ordered = r->n;
     for (int l = 0; l < r->k->lanes; l++)
         assign(r, l);
-    drive(r, narrower != NULL && narrower->lanes < r->k->lanes ? narrower : NULL);
+    drive(r, ladder + 1);
     free(order);
 }
 
-void dw_lanes_run(const dw_lane_kernel *k, const dw_lane_kernel *narrower, size_t n,
+void dw_lanes_run(const dw_lane_kernel *const *ladder, size_t n,
                   const uint8_t *const *data, const size_t *lens, const uint64_t *iterations,
                   uint8_t *out)
 {
     run_t r;
     memset(&r, 0, sizeof r);
-    r.k = k;
+    r.k = ladder[0];
     r.n = n;
     r.data = data;
     r.lens = lens;
     r.iterations = iterations;
     r.out = out;
-    run(&r, narrower);
+    run(&r, ladder);
 }
 
-void dw_lanes_feed(const dw_lane_kernel *k, const dw_lane_kernel *narrower, struct dw_feed *feed)
+void dw_lanes_feed(const dw_lane_kernel *const *ladder, struct dw_feed *feed)
 {
     run_t r;
     memset(&r, 0, sizeof r);
-    r.k = k;
+    r.k = ladder[0];
     r.feed = feed;
     r.n = dw_feed_pushed(feed); /* those pushed before the run go longest first */
     r.data = feed->data;
@@ -374,5 +413,5 @@ void dw_lanes_feed(const dw_lane_kernel *k, const dw_lane_kernel *narrower, stru
     r.lens = feed->lens;
     r.iterations = feed->iterations;
     r.out = feed->out;
-    run(&r, narrower);
+    run(&r, ladder);
 }

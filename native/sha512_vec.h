@@ -7,6 +7,8 @@
  * Lanes = DW_VW * DW_GROUPS; words are laid out [word][lane] in memory. */
 #include "sha512_impl.h"
 
+#include <immintrin.h>
+
 #define DW_LANES (DW_VW * DW_GROUPS)
 
 typedef uint64_t DW_NAME(v) __attribute__((vector_size(8 * DW_VW)));
@@ -168,12 +170,29 @@ DW_TARGET static void DW_NAME(load)(uint64_t *w, const uint8_t *const *blocks)
         }
     }
 }
-#else
-/* Body blocks into the lanes one word at a time. */
+#elif DW_VW == 4
+/* Body blocks into the lanes with 256-bit loads (AVX2, which AVX-512 implies): 4 lanes' blocks a
+ * quarter at a time, each 64-bit word byte-swapped with a byte shuffle, then transposed as a 4x4
+ * matrix of words. */
 DW_TARGET static void DW_NAME(load)(uint64_t *w, const uint8_t *const *blocks)
 {
-    for (int l = 0; l < DW_LANES; l++)
-        for (int i = 0; i < 16; i++)
-            w[i * DW_LANES + l] = dw_load_be64(blocks[l] + 8 * i);
+    const __m256i swap = _mm256_set_epi8(8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7,
+                                         8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+    for (int g = 0; g < DW_GROUPS; g++) {
+        for (int q = 0; q < 4; q++) { /* words 4q .. 4q + 3 */
+            __m256i r[4];
+            for (int l = 0; l < 4; l++)
+                r[l] = _mm256_shuffle_epi8(_mm256_loadu_si256((const void *)(blocks[4 * g + l] + 32 * q)), swap);
+            __m256i t0 = _mm256_unpacklo_epi64(r[0], r[1]), t1 = _mm256_unpackhi_epi64(r[0], r[1]);
+            __m256i t2 = _mm256_unpacklo_epi64(r[2], r[3]), t3 = _mm256_unpackhi_epi64(r[2], r[3]);
+            uint64_t *out = w + 4 * q * DW_LANES + 4 * g;
+            _mm256_storeu_si256((void *)(out + 0 * DW_LANES), _mm256_permute2x128_si256(t0, t2, 0x20));
+            _mm256_storeu_si256((void *)(out + 1 * DW_LANES), _mm256_permute2x128_si256(t1, t3, 0x20));
+            _mm256_storeu_si256((void *)(out + 2 * DW_LANES), _mm256_permute2x128_si256(t0, t2, 0x31));
+            _mm256_storeu_si256((void *)(out + 3 * DW_LANES), _mm256_permute2x128_si256(t1, t3, 0x31));
+        }
+    }
 }
+#else
+#error "sha512_vec.h: no body loader for this vector width"
 #endif

@@ -48,27 +48,40 @@ static int mostly_bodies(size_t n, const size_t *lens, const uint64_t *iteration
     return blocks >= steps;
 }
 
-/* AVX-512's lead kernel: one group of 8 lanes for bodies, else 16, whose last 2 to 8 chains
- * finish on one group of 8 (*narrower). */
-static const dw_lane_kernel *avx512_lead(int bodies_on_one_group, const dw_lane_kernel **narrower)
+/* AVX-512's ladders: one group of 8 lanes leads bodies, 16 lead chains; a batch's last 2 to 8
+ * jobs finish on one group of 8, and its last 2 to 4 on 4 lanes of 256 bits where the CPU has
+ * AVX-512VL. */
+static const dw_lane_kernel *const avx512_ladders[2][2][4] = {
+    /* [bodies_on_one_group][vl] */
+    {{&dw_avx512_kernel, &dw_avx512x8_kernel, NULL, NULL},
+     {&dw_avx512_kernel, &dw_avx512x8_kernel, &dw_avx512x4_kernel, NULL}},
+    {{&dw_avx512x8_kernel, NULL, NULL, NULL}, {&dw_avx512x8_kernel, &dw_avx512x4_kernel, NULL, NULL}},
+};
+static const dw_lane_kernel *const avx2_ladder[] = {&dw_avx2_kernel, NULL};
+
+static int has_avx512vl(void)
 {
-    *narrower = bodies_on_one_group ? NULL : &dw_avx512x8_kernel;
-    return bodies_on_one_group ? &dw_avx512x8_kernel : &dw_avx512_kernel;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vl") ? 1 : 0;
+}
+
+static const dw_lane_kernel *const *avx512_ladder(int bodies_on_one_group)
+{
+    return avx512_ladders[bodies_on_one_group][has_avx512vl()];
 }
 #endif
 
-/* The lane kernel the backend leads these jobs with (a batch's, or those a feed has so far), and
- * in *narrower the one its last jobs move to, or NULL; NULL for the scalar backend. */
-static const dw_lane_kernel *lead_kernel(int backend, size_t n, const size_t *lens, const uint64_t *iterations,
-                                         const dw_lane_kernel **narrower)
+/* The ladder of lane kernels the backend runs these jobs on (a batch's, or those a feed has so
+ * far): the lead kernel, then the narrower ones its last jobs move to, NULL-terminated; NULL for
+ * the scalar backend. */
+static const dw_lane_kernel *const *lead_ladder(int backend, size_t n, const size_t *lens, const uint64_t *iterations)
 {
-    *narrower = NULL;
     switch (backend) {
 #ifdef DW_X86
     case DW_BACKEND_AVX2:
-        return &dw_avx2_kernel;
+        return avx2_ladder;
     case DW_BACKEND_AVX512:
-        return avx512_lead(mostly_bodies(n, lens, iterations), narrower);
+        return avx512_ladder(mostly_bodies(n, lens, iterations));
 #endif
     default:
         (void)n, (void)lens, (void)iterations;
@@ -79,9 +92,9 @@ static const dw_lane_kernel *lead_kernel(int backend, size_t n, const size_t *le
 static void run_backend(int backend, size_t n, const uint8_t *const *data, const size_t *lens,
                         const uint64_t *iterations, uint8_t *out)
 {
-    const dw_lane_kernel *narrower, *k = lead_kernel(backend, n, lens, iterations, &narrower);
-    if (k != NULL) {
-        dw_lanes_run(k, narrower, n, data, lens, iterations, out);
+    const dw_lane_kernel *const *ladder = lead_ladder(backend, n, lens, iterations);
+    if (ladder != NULL) {
+        dw_lanes_run(ladder, n, data, lens, iterations, out);
         return;
     }
     for (size_t i = 0; i < n; i++) /* one chain cannot fill vector lanes */
@@ -110,11 +123,10 @@ static int self_test(int backend)
         dw_chain(data[j], lens[j], iterations[j], want + DW_DIGEST_SIZE * j);
     }
 #ifdef DW_X86
-    if (backend == DW_BACKEND_AVX512) { /* both ways of leading a batch, whichever a batch picks */
+    if (backend == DW_BACKEND_AVX512) { /* both ladders, whichever a batch picks */
         for (int one_group = 0; one_group < 2; one_group++) {
-            const dw_lane_kernel *narrower, *k = avx512_lead(one_group, &narrower);
             memset(got, 0, sizeof got);
-            dw_lanes_run(k, narrower, JOBS, data, lens, iterations, got);
+            dw_lanes_run(avx512_ladder(one_group), JOBS, data, lens, iterations, got);
             if (memcmp(got, want, sizeof got) != 0)
                 return -1;
         }
@@ -307,10 +319,9 @@ size_t dw_feed_run(dw_feed *feed)
     if (state & DW_FEED_CLOSED)
         return state & ~DW_FEED_CLOSED; /* run once */
     /* the jobs pushed so far choose the kernels, as a batch's do */
-    const dw_lane_kernel *narrower,
-        *k = lead_kernel(dw_current_backend(), state, feed->lens, feed->iterations, &narrower);
-    if (k != NULL)
-        dw_lanes_feed(k, narrower, feed);
+    const dw_lane_kernel *const *ladder = lead_ladder(dw_current_backend(), state, feed->lens, feed->iterations);
+    if (ladder != NULL)
+        dw_lanes_feed(ladder, feed);
     else
         feed_scalar(feed);
     return dw_feed_pushed(feed);

@@ -264,14 +264,14 @@ def test_a_feed_refuses_a_job_past_its_capacity_and_any_after_its_run():
 @pytest.mark.parametrize("lead", ["a lone long body", "chains"])
 def test_jobs_pushed_while_a_feed_runs_join_it_and_every_digest_is_right(lead):
     """One thread runs the feed while this one pushes; each push lands before the run closes the
-    feed (and is hashed: in a free lane, on the narrower kernel that took over the last chains,
-    or bringing a lone job from scalar back to the lanes mid-body) or after it (refused). Which,
+    feed (and is hashed: in a free lane, on a narrower kernel that took over the last jobs, or
+    bringing a lone job from scalar back to the lanes mid-body) or after it (refused). Which,
     depends on timing; every accepted job's digest must be right either way. Each job's expected
     digest is computed (in Python) before it is pushed, which spreads the pushes over the run."""
     lengths = [0, 111, 112, 5_000, 128 * 40 + 112, 70_000, 250_000]
     for trial in range(12):
         feed = native.Feed(48)
-        if lead == "chains":  # chain-heavy: 16 AVX-512 lanes, then the last ones on 8
+        if lead == "chains":  # chain-heavy: 16 AVX-512 lanes, then the last ones on 8, then 4
             jobs = [(random_body(64, 50 + i), 200 + 150 * i) for i in range(native.lanes() + 2)]
         else:
             jobs = [(random_body(300 * 1024 + trial, trial), 1 + trial % 2)]
@@ -295,6 +295,32 @@ def test_jobs_pushed_while_a_feed_runs_join_it_and_every_digest_is_right(lead):
         seen += feed.finished(len(seen))
         assert sorted(j for j, _ in seen) == list(range(len(expected)))
         assert all(digest == expected[j] for j, digest in seen)
+
+
+def test_a_burst_pushed_into_a_feed_run_on_a_narrower_kernel_is_hashed_on_the_wider_one_again():
+    """Two long chains and a tiny job: the run moves them to its narrowest kernel at once (4 lanes
+    on AVX-512VL). Once the tiny job is published, the run is there; a burst then fills its free
+    lanes, and the rest waits for lanes until the run moves the lanes back to the wider kernel.
+    Every digest must be right, on every backend, whichever way the run took."""
+    chains = [(random_body(64, 90 + i), 150_000 + 10_000 * i) for i in range(2)]
+    burst = [(random_body(5_000 + 999 * i, 120 + i), 1 + 150 * (i % 3)) for i in range(3 * native.lanes())]
+    expected = [reference(b, n) for b, n in [(b"", 1), *chains, *burst]]
+    feed = native.Feed(len(expected))
+    for job in [(b"", 1), *chains]:  # the tiny one first: some backends take a feed's jobs in push order
+        feed.push(*job)
+    wake = os.eventfd(0, os.EFD_NONBLOCK)
+    try:
+        feed.notify(wake)
+        digests: list[list[bytes]] = []
+        runner = threading.Thread(target=lambda: digests.append(feed.run()))
+        runner.start()
+        readable, _, _ = select.select([wake], [], [], 60)
+        assert readable and [j for j, _ in feed.finished()] == [0]  # the tiny job first: the chains still run
+        assert all(feed.push(*job) is not None for job in burst)
+        runner.join(60)
+    finally:
+        os.close(wake)
+    assert digests == [expected]
 
 
 def test_a_feed_publishes_each_job_as_it_is_done_and_wakes_the_pushing_thread():

@@ -6,6 +6,7 @@ Each test runs once per backend (scalar, avx2, avx512), skipped where this CPU l
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import select
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -297,6 +299,24 @@ def test_jobs_pushed_while_a_feed_runs_join_it_and_every_digest_is_right(lead):
         assert all(digest == expected[j] for j, digest in seen)
 
 
+@contextlib.contextmanager
+def running(feed: native.Feed) -> Iterator[tuple[int, list[list[bytes]]]]:
+    """Runs the feed in a thread that writes to an eventfd as jobs are done: yields the eventfd
+    and the list the run's digests go to; the thread is joined before the eventfd is closed."""
+    wake = os.eventfd(0, os.EFD_NONBLOCK)
+    digests: list[list[bytes]] = []
+    try:
+        feed.notify(wake)
+        runner = threading.Thread(target=lambda: digests.append(feed.run()))
+        runner.start()
+        try:
+            yield wake, digests
+        finally:
+            runner.join(60)
+    finally:
+        os.close(wake)
+
+
 def test_a_burst_pushed_into_a_feed_run_on_a_narrower_kernel_is_hashed_on_the_wider_one_again():
     """Two long chains and a tiny job: the run moves them to its narrowest kernel at once (4 lanes
     on AVX-512VL). Once the tiny job is published, the run is there; a burst then fills its free
@@ -308,18 +328,10 @@ def test_a_burst_pushed_into_a_feed_run_on_a_narrower_kernel_is_hashed_on_the_wi
     feed = native.Feed(len(expected))
     for job in [(b"", 1), *chains]:  # the tiny one first: some backends take a feed's jobs in push order
         feed.push(*job)
-    wake = os.eventfd(0, os.EFD_NONBLOCK)
-    try:
-        feed.notify(wake)
-        digests: list[list[bytes]] = []
-        runner = threading.Thread(target=lambda: digests.append(feed.run()))
-        runner.start()
+    with running(feed) as (wake, digests):
         readable, _, _ = select.select([wake], [], [], 60)
         assert readable and [j for j, _ in feed.finished()] == [0]  # the tiny job first: the chains still run
         assert all(feed.push(*job) is not None for job in burst)
-        runner.join(60)
-    finally:
-        os.close(wake)
     assert digests == [expected]
 
 
@@ -331,18 +343,10 @@ def test_a_feed_publishes_each_job_as_it_is_done_and_wakes_the_pushing_thread():
     feed = native.Feed(8)
     for job in jobs:  # short ones first: the scalar backend takes a feed's jobs in push order
         feed.push(*job)
-    wake = os.eventfd(0, os.EFD_NONBLOCK)
-    try:
-        feed.notify(wake)
-        digests: list[list[bytes]] = []
-        runner = threading.Thread(target=lambda: digests.append(feed.run()))
-        runner.start()
+    with running(feed) as (wake, digests):
         readable, _, _ = select.select([wake], [], [], 60)
         assert readable and os.eventfd_read(wake) >= 1
         first = feed.finished()
-        runner.join(60)
-    finally:
-        os.close(wake)
     expected = [reference(b, n) for b, n in jobs]
     assert first and {j for j, _ in first} <= {0, 1, 2}, "the long chain was done before any short job was seen"
     assert all(digest == expected[j] for j, digest in first)
@@ -362,20 +366,13 @@ def test_a_job_pushed_while_long_chains_run_is_done_before_them(backend):
     feed.push(b"tiny", 2)  # first: some backends take a feed's jobs in push order
     for job in chains:
         feed.push(*job)
-    wake = os.eventfd(0)
-    try:
-        feed.notify(wake)
-        runner = threading.Thread(target=feed.run)
-        runner.start()
+    with running(feed) as (wake, _):
         assert select.select([wake], [], [], 60)[0] and os.eventfd_read(wake) >= 1
         assert [j for j, _ in feed.finished()] == [0]  # the chains have the lanes to themselves now
         late = (random_body(3_000, 7), 1_000)
         assert feed.push(*late) == 3
         assert select.select([wake], [], [], 60)[0] and os.eventfd_read(wake) >= 1
         second = feed.finished(1)
-        runner.join(60)
-    finally:
-        os.close(wake)
     assert [j for j, _ in second][:1] == [3], "the pushed job waited for the long chains"
     assert second[0][1] == reference(*late)
     done = feed.finished()

@@ -213,6 +213,8 @@ static void run_narrower(run_t *r, const dw_lane_kernel *const *ladder)
     }
     move_lanes(r, &n2);
     drive(&n2, ladder + 1);
+    if (r->feed == NULL)
+        return; /* all done */
     if (n2.closed) {
         r->closed = 1;
         return;

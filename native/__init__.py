@@ -148,6 +148,10 @@ class Feed:
         self._feed = ffi.gc(feed, lib.dw_feed_free)
         self._keep: list[Any] = []  # each job's from_buffer object, by index, until the job is done
         self.capacity = capacity
+        # Fixed for the feed's life, taken once: cffi releases the GIL around every C call, and
+        # `finished` runs on a busy event loop that then waits to get it back.
+        self._order = lib.dw_feed_finish_order(feed)
+        self._out = ffi.buffer(lib.dw_feed_digests(feed), DIGEST_SIZE * capacity)
 
     def push(self, data: Body, iterations: int) -> int | None:
         """Adds a job; its index among the feed's jobs, or None when the feed is full or closed.
@@ -189,11 +193,10 @@ class Feed:
         """The jobs done so far, from the start-th done on, as (index, digest), in the order they
         were done; from the pushing thread while the run goes on, or after it."""
         n = int(lib.dw_feed_finished(self._feed))
-        order, out = lib.dw_feed_finish_order(self._feed), lib.dw_feed_digests(self._feed)
-        raw = ffi.buffer(out, DIGEST_SIZE * self.capacity)
-        done = [int(order[i]) for i in range(start, n)]
+        done = [int(self._order[i]) for i in range(start, n)]
         for j in done:  # a done job's body is read no more: a long run need not keep every body
             self._keep[j] = None
+        raw = self._out
         return [(j, raw[DIGEST_SIZE * j : DIGEST_SIZE * (j + 1)]) for j in done]
 
 

@@ -140,15 +140,15 @@ async def read_pieces(request: web.Request, limit: int) -> list[bytes]:
     size = 0
     content = request.content
     while True:
-        wait_s = limits.read_timeout_s
-        if limits.min_bytes_per_s > 0:
-            wait_s = min(wait_s, started + limits.read_timeout_s + size / limits.min_bytes_per_s - loop.time())
         if content.is_eof() and content.total_bytes == size:  # all of it read (an empty body's
             return pieces  # reader is shared, and answers every later readchunk with a chunk end)
         try:
             if content.total_bytes > size:  # a piece has arrived: no timer needed
                 piece, chunk_end = await content.readchunk()
             else:
+                wait_s = limits.read_timeout_s
+                if limits.min_bytes_per_s > 0:
+                    wait_s = min(wait_s, started + limits.read_timeout_s + size / limits.min_bytes_per_s - loop.time())
                 if wait_s <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(wait_s):

@@ -172,7 +172,7 @@ static void mixed_step(run_t *r)
 
 static void drive(run_t *r, const dw_lane_kernel *const *ladder);
 
-/* Moves the busy lanes of r to run r2 on kernel k2, packed into its first lanes. */
+/* Moves the busy lanes of r to run r2, packed into r2's first lanes (r2's kernel may be narrower or wider). */
 static void move_lanes(run_t *r, run_t *r2)
 {
     int L = r->k->lanes, L2 = r2->k->lanes, j = 0;
